@@ -1,0 +1,50 @@
+"""Crop data sets on disk: ``manifest.jsonl`` (one JSON object per crop) beside the crop images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from defectkit.errors import DefectkitError
+from defectkit.images import atomic_write_text
+
+MANIFEST = "manifest.jsonl"
+
+
+def write_manifest(path: str | Path, records: Iterable[dict]) -> Path:
+    """Write all records at once (temporary file, then rename): never half a manifest."""
+    path = Path(path)
+    text = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records)
+    atomic_write_text(path, text)
+    return path
+
+
+def read_manifest(path: str | Path, check_files: bool = True) -> list[dict]:
+    """Read a crop data set (its folder or its manifest), with crop paths made absolute.
+
+    Raises DefectkitError naming the line for malformed JSON, and listing crops that are missing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST
+    if not path.is_file():
+        raise DefectkitError(f"no crop data set at {path} (expected a folder with {MANIFEST}, as written by `defectkit extract`)")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DefectkitError(f"{path}, line {number}: not valid JSON ({exc.msg})") from exc
+        for key in ("crop_path", "mask_path"):
+            if record.get(key) and not Path(record[key]).is_absolute():
+                record[key] = str(path.parent / record[key])
+        records.append(record)
+    if check_files:
+        missing = [r.get("crop_path") for r in records if not r.get("crop_path") or not Path(r["crop_path"]).is_file()]
+        if missing:
+            shown = ", ".join(str(m) for m in missing[:5])
+            raise DefectkitError(f"{path}: {len(missing)} crop(s) listed but missing on disk, e.g. {shown}")
+    return records

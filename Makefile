@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m defectkit.demo
+	$(BIN)/defectkit extract examples/magnetic-tile out/demo-crops --format masks \
+		--taxonomy configs/taxonomy/magnetic-tile.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -75,15 +75,15 @@ def print_extract_summary(summary) -> None:
         table.add_row(category, subtype, str(count))
     table.add_row("[bold]total", "", f"[bold]{sum(summary.crops.values())}")
     out.print(table)
-    out.print(f"{summary.images} images read, manifest: {summary.manifest}")
+    out.print(f"{summary.images} images read, manifest: {summary.manifest}", soft_wrap=True)
     if summary.empty:
         out.print(f"[yellow]{len(summary.empty)} defect image(s) with an empty mask (no crop):[/yellow]")
         for path in summary.empty:
-            out.print(f"  {path}")
+            out.print(f"  {path}", soft_wrap=True)
     if summary.skipped:
         out.print(f"[red]{len(summary.skipped)} file(s) skipped:[/red]")
         for path, reason in summary.skipped:
-            out.print(f"  {path}: {reason}")
+            out.print(f"  {path}: {reason}", soft_wrap=True, markup=False)
 
 
 def main() -> None:  # pragma: no cover

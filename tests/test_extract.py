@@ -1,0 +1,247 @@
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from defectkit.cli import app
+from defectkit.crops import CropSpec
+from defectkit.data.manifest import read_manifest
+from defectkit.errors import DefectkitError
+from defectkit.extract import ExtractOptions, extract
+from defectkit.images import read_mask
+from defectkit.taxonomy import Taxonomy
+from tests.conftest import SAMPLE, TAXONOMY, textured, write
+
+SMALL = ExtractOptions(crop=CropSpec(size=32))
+
+
+def generated_masks_dataset(root: Path) -> Path:
+    """Two defect images (a pore, a crack) and one defect-free image, in the mask-pair layout."""
+    pore = textured(seed=1)
+    pore_mask = np.zeros(pore.shape[:2], np.uint8)
+    cv2.circle(pore_mask, (50, 40), 8, 255, -1)
+    pore[pore_mask > 0] = 60
+    write(root / "MT_Blowhole" / "a.jpg", pore)
+    write(root / "MT_Blowhole" / "a.png", pore_mask)
+    crack = textured(seed=2)
+    crack_mask = np.zeros(crack.shape[:2], np.uint8)
+    cv2.line(crack_mask, (20, 20), (120, 90), 255, 3)
+    write(root / "MT_Crack" / "nested" / "b.png", crack)
+    write(root / "MT_Crack" / "nested" / "b_mask.png", crack_mask)
+    write(root / "MT_Free" / "c.jpg", textured(seed=3))
+    return root
+
+
+def run(src, out, **options):
+    opts = ExtractOptions(**{"crop": CropSpec(size=32), **options})
+    return extract(src, out, Taxonomy.load(TAXONOMY), opts, progress=False)
+
+
+def test_masks_layout_end_to_end(tmp_path):
+    src = generated_masks_dataset(tmp_path / "src")
+    summary = run(src, tmp_path / "out", background_per_image=3)
+    records = read_manifest(tmp_path / "out")
+    defects = [r for r in records if r["category"] != "background"]
+    assert sorted(r["subtype"] for r in defects) == ["blowhole", "crack"]
+    background = [r for r in records if r["category"] == "background"]
+    assert len(background) == 3 and all(r["image"].endswith("c.jpg") for r in background)
+    assert summary.crops[("surface", "blowhole")] == 1 and not summary.skipped and not summary.empty
+    pore = next(r for r in defects if r["subtype"] == "blowhole")
+    assert pore["label"] == "MT_Blowhole" and pore["edges"] > 6
+    assert abs(pore["area"] - np.pi * 64) < 30
+    crop = cv2.imread(pore["crop_path"])
+    assert crop.shape == (32, 32, 3)
+    assert read_mask(pore["mask_path"]).sum() > 0
+    # the mask file next to an image is never read as an image of its own
+    assert not any(Path(r["image"]).name in ("a.png", "b_mask.png") for r in records)
+
+
+def test_background_regions_have_real_defect_shapes(tmp_path):
+    src = generated_masks_dataset(tmp_path / "src")
+    run(src, tmp_path / "out", background_per_image=6)
+    records = read_manifest(tmp_path / "out")
+    defect_areas = {r["area"] for r in records if r["category"] != "background"}
+    background = [r for r in records if r["category"] == "background"]
+    assert len(background) == 6
+    assert all(r["area"] in defect_areas for r in background)
+    assert all(r["origin"] == "sampled" for r in background)
+    assert len({tuple(r["bbox"][:2]) for r in background}) == 6  # different places
+
+
+def test_background_in_defect_images_avoids_the_defects(tmp_path):
+    src = generated_masks_dataset(tmp_path / "src")
+    run(src, tmp_path / "out", background_per_image=0, background_in_defect_images=2)
+    records = read_manifest(tmp_path / "out")
+    pore_mask = read_mask(src / "MT_Blowhole" / "a.png")
+    sampled = [r for r in records if r["category"] == "background" and r["image"].endswith("a.jpg")]
+    assert len(sampled) == 2
+    for r in sampled:
+        x, y, w, h = r["bbox"]
+        region = np.zeros_like(pore_mask)
+        cv2.fillPoly(region.view(np.uint8), [np.array(r["polygon"], np.int32)], 1)
+        assert not (region & pore_mask).any()
+
+
+def test_same_seed_same_output_other_seed_other_backgrounds(tmp_path):
+    src = generated_masks_dataset(tmp_path / "src")
+    run(src, tmp_path / "a", seed=3)
+    run(src, tmp_path / "b", seed=3)
+    run(src, tmp_path / "c", seed=4)
+    text = lambda d: (tmp_path / d / "manifest.jsonl").read_text()
+    assert text("a") == text("b")
+    assert text("a") != text("c")
+    crops = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in crops)
+
+
+def test_shipped_real_sample(tmp_path):
+    summary = run(SAMPLE, tmp_path / "out")
+    records = read_manifest(tmp_path / "out")
+    images_with_crops = {r["image"] for r in records if r["category"] != "background"}
+    defect_images = [p for p in SAMPLE.rglob("*.jpg") if "MT_Free" not in str(p)]
+    assert len(summary.empty) == 1 and "exp3_num_45042" in summary.empty[0]
+    assert len(images_with_crops) == len(defect_images) - 1
+    assert {r["subtype"] for r in records} == {"blowhole", "break", "crack", "fray", "uneven", "background"}
+    assert sum(r["category"] == "background" for r in records) == 3 * 2
+    assert not summary.skipped
+
+
+def test_bad_files_are_skipped_and_named_the_rest_is_written(tmp_path):
+    src = generated_masks_dataset(tmp_path / "src")
+    (src / "MT_Blowhole" / "corrupt.jpg").write_bytes(b"garbage")
+    write(src / "MT_Blowhole" / "corrupt.png", np.zeros((120, 160), np.uint8))
+    write(src / "MT_Blowhole" / "sized.jpg", textured())
+    write(src / "MT_Blowhole" / "sized.png", np.zeros((60, 80), np.uint8))
+    write(src / "MT_Scratch" / "d.jpg", textured())
+    write(src / "MT_Scratch" / "d.png", np.full((120, 160), 255, np.uint8))
+    write(src / "MT_Crack" / "nomask.jpg", textured())
+    empty = np.zeros((120, 160), np.uint8)
+    write(src / "MT_Crack" / "e.jpg", textured())
+    write(src / "MT_Crack" / "e.png", empty)
+    summary = run(src, tmp_path / "out")
+    reasons = {Path(path).name: reason for path, reason in summary.skipped}
+    assert "not a readable image" in reasons["corrupt.jpg"]
+    assert "sized.png: mask is 80x60 but its image sized.jpg is 160x120" in reasons["sized.jpg"]
+    assert "'MT_Scratch'" in reasons["d.jpg"] and "magnetic-tile.yaml" in reasons["d.jpg"]
+    assert "no mask" in reasons["nomask.jpg"]
+    assert [Path(p).name for p in summary.empty] == ["e.jpg"]
+    records = read_manifest(tmp_path / "out")
+    assert {"blowhole", "crack"} <= {r["subtype"] for r in records}
+
+
+def test_cli_exit_codes_and_summary(tmp_path):
+    src = generated_masks_dataset(tmp_path / "src")
+    runner = CliRunner()
+    args = ["extract", str(src), str(tmp_path / "out"), "--taxonomy", str(TAXONOMY), "--crop-size", "32", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "blowhole" in result.output and "total" in result.output
+    (src / "MT_Crack" / "broken.jpg").write_bytes(b"nope")
+    write(src / "MT_Crack" / "broken.png", np.zeros((10, 10), np.uint8))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "broken.jpg" in result.output and "skipped" in result.output
+    result = runner.invoke(app, ["extract", str(tmp_path / "nowhere"), str(tmp_path / "o"), "--taxonomy", str(TAXONOMY)])
+    assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_manifest_is_never_half_written(tmp_path, monkeypatch):
+    src = generated_masks_dataset(tmp_path / "src")
+    run(src, tmp_path / "out")
+    before = (tmp_path / "out" / "manifest.jsonl").read_text()
+    import defectkit.images as images
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(images.os, "replace", crash)
+    with pytest.raises(OSError):
+        run(src, tmp_path / "out", seed=9)
+    assert (tmp_path / "out" / "manifest.jsonl").read_text() == before
+    assert not list((tmp_path / "out").glob(".manifest.jsonl*"))
+
+
+def test_voc_layout(tmp_path):
+    src = tmp_path / "voc"
+    write(src / "JPEGImages" / "v1.jpg", textured())
+    write(src / "JPEGImages" / "v2.jpg", textured(seed=5))
+    (src / "Annotations").mkdir(parents=True)
+    box = "<object><name>{}</name><bndbox><xmin>{}</xmin><ymin>{}</ymin><xmax>{}</xmax><ymax>{}</ymax></bndbox></object>"
+    (src / "Annotations" / "v1.xml").write_text(
+        f"<annotation><filename>v1.jpg</filename>{box.format('crack', 10, 10, 49, 29)}{box.format('MT_Blowhole', 80, 60, 99, 79)}</annotation>"
+    )
+    (src / "Annotations" / "v2.xml").write_text("<annotation><filename>v2.jpg</filename></annotation>")
+    (src / "Annotations" / "v3.xml").write_text("<annotation><filename>gone.jpg</filename></annotation>")
+    (src / "Annotations" / "v4.xml").write_text("<annotation><filename>v1.jpg")
+    summary = run(src, tmp_path / "out", format="voc")
+    records = read_manifest(tmp_path / "out")
+    crack = next(r for r in records if r["subtype"] == "crack")
+    assert crack["bbox"] == [10, 10, 40, 20] and crack["area"] == 800 and crack["edges"] == 4
+    assert sum(r["subtype"] == "blowhole" for r in records) == 1
+    assert sum(r["image"].endswith("v2.jpg") and r["category"] == "background" for r in records) == 2
+    reasons = {Path(p).name: why for p, why in summary.skipped}
+    assert "'gone.jpg' is not found" in reasons["v3.xml"]
+    assert "not a readable VOC xml" in reasons["v4.xml"]
+
+
+def test_coco_layout_with_polygons_and_rle(tmp_path):
+    from pycocotools import mask as mask_utils
+
+    src = tmp_path / "coco"
+    write(src / "images" / "k1.png", textured())
+    rle_mask = np.zeros((120, 160), np.uint8)
+    cv2.circle(rle_mask, (100, 60), 12, 1, -1)
+    rle = mask_utils.encode(np.asfortranarray(rle_mask))
+    rle["counts"] = rle["counts"].decode()
+    data = {
+        "images": [{"id": 1, "file_name": "k1.png", "width": 160, "height": 120}],
+        "categories": [{"id": 1, "name": "crack"}, {"id": 2, "name": "blowhole"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[10, 10, 60, 10, 60, 20, 10, 20]], "bbox": [10, 10, 50, 10]},
+            {"id": 2, "image_id": 1, "category_id": 2, "segmentation": rle, "bbox": [88, 48, 25, 25]},
+        ],
+    }
+    (src / "instances.json").write_text(json.dumps(data))
+    summary = run(src, tmp_path / "out", format="coco")
+    records = read_manifest(tmp_path / "out")
+    assert sorted(r["subtype"] for r in records) == ["blowhole", "crack"] and not summary.skipped
+    pore = next(r for r in records if r["subtype"] == "blowhole")
+    assert pore["area"] == int(rle_mask.sum())
+
+
+def test_crops_layout_uses_alpha_or_mask_file(tmp_path):
+    src = tmp_path / "crops"
+    rgba = np.dstack([textured(40, 60)[:, :, 0]] * 3 + [np.zeros((40, 60), np.uint8)])
+    rgba[10:20, 10:30, 3] = 255
+    write(src / "crack" / "x.png", rgba)
+    write(src / "blowhole" / "y.png", textured(50, 50))
+    m = np.zeros((50, 50), np.uint8)
+    cv2.circle(m, (25, 25), 5, 255, -1)
+    write(src / "blowhole" / "y_mask.png", m)
+    write(src / "uneven" / "z.png", textured(30, 30))
+    run(src, tmp_path / "out", format="crops")
+    records = {r["subtype"]: r for r in read_manifest(tmp_path / "out")}
+    assert set(records) == {"crack", "blowhole", "uneven"}
+    assert records["crack"]["area"] == 200 and records["crack"]["edges"] == 4
+    assert records["blowhole"]["area"] == int((m > 0).sum())
+    assert records["uneven"]["area"] == 900
+    assert cv2.imread(records["crack"]["crop_path"]).shape == (32, 32, 3)
+
+
+def test_unknown_format_and_missing_source(tmp_path):
+    with pytest.raises(DefectkitError, match="unknown data set format"):
+        run(SAMPLE, tmp_path / "o", format="yolo")
+    with pytest.raises(DefectkitError, match="not found"):
+        run(tmp_path / "nothing", tmp_path / "o")
+
+
+def test_manifest_pointing_to_missing_crop(tmp_path):
+    src = generated_masks_dataset(tmp_path / "src")
+    run(src, tmp_path / "out")
+    records = read_manifest(tmp_path / "out")
+    Path(records[0]["crop_path"]).unlink()
+    with pytest.raises(DefectkitError, match="missing on disk"):
+        read_manifest(tmp_path / "out")

@@ -1,0 +1,83 @@
+import cv2
+import numpy as np
+import pytest
+
+from defectkit.errors import InputError, TaxonomyError
+from defectkit.images import read_image, read_mask
+from defectkit.taxonomy import Taxonomy
+from tests.conftest import write
+
+
+def test_shipped_taxonomy_maps_raw_labels(taxonomy):
+    assert taxonomy.name == "magnetic-tile"
+    assert taxonomy.resolve("MT_Crack") == ("structural", "crack")
+    assert taxonomy.resolve("blowhole") == ("surface", "blowhole")
+    assert taxonomy.resolve("MT_Free") == ("background", "background")
+    assert taxonomy.categories["background"] == ["background"]
+    assert set(taxonomy.subtypes) == {"break", "crack", "fray", "blowhole", "uneven", "background"}
+
+
+def test_unknown_label_names_label_and_file(taxonomy):
+    with pytest.raises(TaxonomyError, match=r"'MT_Scratch'.*magnetic-tile\.yaml"):
+        taxonomy.resolve("MT_Scratch")
+
+
+def test_alias_to_unknown_subtype_is_refused(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\ncategories:\n  a: [x]\naliases:\n  X: y\n")
+    with pytest.raises(TaxonomyError, match="'y'"):
+        Taxonomy.load(path)
+
+
+def test_subtype_under_two_categories_is_refused():
+    with pytest.raises(TaxonomyError, match="both"):
+        Taxonomy("t", {"a": ["x"], "b": ["x"]})
+
+
+def test_missing_and_malformed_taxonomy_files(tmp_path):
+    with pytest.raises(TaxonomyError, match="not found"):
+        Taxonomy.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("categories: [1, 2]\n")
+    with pytest.raises(TaxonomyError, match="expected a mapping"):
+        Taxonomy.load(bad)
+
+
+def test_gray_16bit_rgba_images_read_as_rgb_uint8(tmp_path):
+    gray = np.full((20, 30), 200, np.uint8)
+    deep = np.full((20, 30), 200 * 257, np.uint16)
+    twelve_bit = np.full((20, 30), 4095, np.uint16)
+    rgba = np.dstack([np.full((20, 30), v, np.uint8) for v in (10, 20, 30, 0)])  # BGRA, fully transparent
+    for name, array, expected in [
+        ("g.png", gray, [200, 200, 200]),
+        ("d.png", deep, [200, 200, 200]),
+        ("t.tif", twelve_bit, [255, 255, 255]),
+        ("a.png", rgba, [30, 20, 10]),
+    ]:
+        path = tmp_path / name
+        assert cv2.imwrite(str(path), array)
+        image = read_image(path)
+        assert image.dtype == np.uint8 and image.shape == (20, 30, 3), name
+        assert image[5, 5].tolist() == expected, name
+
+
+def test_corrupt_and_empty_files_name_the_file(tmp_path):
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(InputError, match="broken.jpg.*not a readable image"):
+        read_image(corrupt)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match="empty.png.*empty"):
+        read_image(empty)
+    with pytest.raises(InputError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_mask_threshold_ignores_compression_noise(tmp_path):
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:5, 2:5] = 255
+    mask[8, 8] = 60  # noise
+    path = write(tmp_path / "m.png", mask)
+    assert read_mask(path).sum() == 9
+    assert read_mask(path, threshold=50).sum() == 10

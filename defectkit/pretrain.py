@@ -1,0 +1,237 @@
+"""Contrastive pretraining of a timm backbone on defect crops: SimCLR (no labels) or SupCon (subtypes).
+
+The backbone learns from two augmented views of every crop (NT-Xent or supervised contrastive loss
+from pytorch-metric-learning, through a small projection head). Only the backbone is saved, as
+safetensors, with a JSON beside it that ``Embedder`` reads (backbone name, image size, mask mode).
+Views go through ``Embedder.prepare``, so pretraining sees exactly what embedding will see.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from defectkit.data.manifest import read_manifest
+from defectkit.embed import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, Embedder
+from defectkit.errors import DefectkitError
+from defectkit.images import atomic_write_text, read_image, read_mask
+
+METHODS = ("simclr", "supcon")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    backbone: str = DEFAULT_BACKBONE
+    method: str = "supcon"
+    epochs: int = 30
+    batch_size: int = 96
+    image_size: int = DEFAULT_IMAGE_SIZE
+    mask_mode: str = "none"
+    init: str = "random"  # random | hub | PATH to weights
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.1
+    projection_dim: int = 128
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise DefectkitError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.epochs < 1 or self.batch_size < 4:
+            raise DefectkitError(f"need epochs >= 1 and batch size >= 4, got {self.epochs} and {self.batch_size}")
+
+
+class Augment:
+    """Two-view augmentation for grayscale industrial surfaces: random resized crop, flips, 90-degree
+    turns (joint on crop and mask), then brightness/contrast, blur and noise on the crop."""
+
+    def __init__(self, size: int):
+        self.geometric = v2.Compose([
+            v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomChoice([v2.RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)]),
+        ])
+        self.photometric = v2.Compose([
+            v2.ToDtype(torch.float32, scale=True),
+            v2.ColorJitter(brightness=0.4, contrast=0.4),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
+            v2.RandomApply([v2.GaussianNoise(sigma=0.03)], p=0.5),
+        ])
+
+    def __call__(self, crop: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        image = tv_tensors.Image(torch.from_numpy(crop).permute(2, 0, 1))
+        region = tv_tensors.Mask(torch.from_numpy(mask.astype(np.uint8))[None])
+        image, region = self.geometric(image, region)
+        image = self.photometric(image).clamp(0, 1)
+        return (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8), region[0].numpy().astype(bool)
+
+
+class TwoViews(torch.utils.data.Dataset):
+    def __init__(self, crops, masks, labels, augment: Augment, prepare):
+        self.crops, self.masks, self.labels = crops, masks, labels
+        self.augment, self.prepare = augment, prepare
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, index: int):
+        views = [self.prepare(*self.augment(self.crops[index], self.masks[index])) for _ in range(2)]
+        return torch.from_numpy(views[0]), torch.from_numpy(views[1]), int(self.labels[index])
+
+
+def projection_head(dim: int, out: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
+
+
+def _loss(method: str, temperature: float):
+    from pytorch_metric_learning import losses
+
+    return losses.NTXentLoss(temperature=temperature) if method == "simclr" else losses.SupConLoss(temperature=temperature)
+
+
+def _loader(dataset: TwoViews, config: PretrainConfig, labels: np.ndarray):
+    if config.method == "supcon":
+        # SupCon needs several examples of each class in every batch, or its loss silently goes to zero.
+        from pytorch_metric_learning.samplers import MPerClassSampler
+
+        classes = len(set(labels.tolist()))
+        per_class = max(2, config.batch_size // classes)
+        sampler = MPerClassSampler(labels, m=per_class, batch_size=per_class * classes, length_before_new_iter=len(labels))
+        return torch.utils.data.DataLoader(dataset, batch_size=per_class * classes, sampler=sampler, drop_last=True)
+    return torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True)
+
+
+def pretrain(
+    dataset: str | Path,
+    out: str | Path,
+    config: PretrainConfig = PretrainConfig(),
+    logdir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Pretrain a backbone on the crops of ``dataset`` and save it to ``out`` (.safetensors) + ``out``.json.
+
+    Resumes from ``out``.state.pt when it exists (written after every epoch). Returns the JSON summary.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise DefectkitError(f"--out must end in .safetensors, got {out}")
+    records = read_manifest(dataset)
+    if len(records) < config.batch_size:
+        raise DefectkitError(f"{dataset}: {len(records)} crops, fewer than one batch of {config.batch_size}")
+    subtypes = sorted({r["subtype"] for r in records})
+    labels = np.array([subtypes.index(r["subtype"]) for r in records])
+    if config.method == "supcon" and len(subtypes) < 2:
+        raise DefectkitError(f"{dataset}: SupCon needs at least two subtypes, found {subtypes}")
+    crops = [read_image(r["crop_path"]) for r in records]
+    masks = [read_mask(r["mask_path"]) if r.get("mask_path") else np.ones(c.shape[:2], bool) for r, c in zip(records, crops)]
+
+    _seed_everything(config.seed)
+    weights = {"random": "random", "hub": "hub"}.get(config.init, config.init)
+    embedder = Embedder(config.backbone, weights=weights, image_size=config.image_size, mask_mode=config.mask_mode,
+                        device=config.device, seed=config.seed)
+    model = embedder.model
+    head = projection_head(embedder.dim, config.projection_dim).to(embedder.device)
+    parameters = list(model.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    dataset_views = TwoViews(crops, masks, labels, Augment(config.image_size), embedder.prepare)
+    steps = config.epochs * len(_loader(dataset_views, config, labels))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    criterion = _loss(config.method, config.temperature)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state_path = out.with_suffix(".state.pt")
+    start_epoch, history = 0, []
+    if state_path.is_file():
+        state = torch.load(state_path, map_location=embedder.device, weights_only=True)
+        if state.get("config") != json.dumps(asdict(config), sort_keys=True):
+            raise DefectkitError(f"{state_path}: a resume state for other settings; delete it to start afresh")
+        model.load_state_dict(state["model"])
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = int(state["epoch"]), [float(x) for x in state["history"]]
+    writer = _tensorboard(logdir)
+    started = time.perf_counter()
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        _seed_everything(config.seed * 100_003 + epoch)
+        loader = _loader(dataset_views, config, labels)  # afresh: MPerClassSampler keeps shuffled state between epochs
+        total, batches = 0.0, 0
+        bar = tqdm(loader, desc=f"pretrain {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
+        for first, second, batch_labels in bar:
+            views = torch.cat([first, second]).to(embedder.device)
+            projections = nn.functional.normalize(head(model(views)), dim=1)
+            if config.method == "simclr":
+                pair = torch.arange(len(first))
+                targets = torch.cat([pair, pair])
+            else:
+                targets = torch.cat([batch_labels, batch_labels])
+            loss = criterion(projections, targets.to(embedder.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total, batches = total + loss.item(), batches + 1
+            bar.set_postfix(loss=f"{total / batches:.4f}")
+        history.append(total / max(batches, 1))
+        if writer is not None:
+            writer.add_scalar("loss", history[-1], epoch)
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}  loss {history[-1]:.4f}")
+        torch.save({"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
+                    "config": json.dumps(asdict(config), sort_keys=True)}, state_path)
+    model.eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out))
+    summary = {
+        "backbone": config.backbone,
+        "image_size": config.image_size,
+        "mask_mode": config.mask_mode,
+        "method": config.method,
+        "epochs": config.epochs,
+        "final_loss": history[-1] if history else None,
+        "loss_history": history,
+        "config": asdict(config),
+        "data": {"dataset": str(dataset), "crops": len(records), "images": len({r["image"] for r in records}),
+                 "subtypes": dict(sorted(Counter(r["subtype"] for r in records).items()))},
+        "seconds_this_run": round(time.perf_counter() - started, 1),
+    }
+    atomic_write_text(out.with_suffix(".json"), json.dumps(summary, indent=2))
+    state_path.unlink(missing_ok=True)
+    if writer is not None:
+        writer.close()
+    return summary
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _tensorboard(logdir):
+    if logdir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        import warnings
+
+        warnings.warn("--logdir given but tensorboard is not installed; pip install tensorboard", stacklevel=2)
+        return None
+    return SummaryWriter(str(logdir))

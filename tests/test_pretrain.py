@@ -1,0 +1,85 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from defectkit.embed import Embedder
+from defectkit.errors import DefectkitError
+from defectkit.pretrain import Augment, PretrainConfig, pretrain
+from tests.conftest import make_crop_dataset
+
+TINY = dict(backbone="resnet10t", image_size=32, batch_size=12, epochs=2, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory):
+    return make_crop_dataset(tmp_path_factory.mktemp("crops"), per_class=6, size=48)
+
+
+@pytest.mark.parametrize("method", ["simclr", "supcon"])
+def test_pretrain_saves_a_backbone_the_embedder_loads(crops, tmp_path, method):
+    out = tmp_path / f"{method}.safetensors"
+    summary = pretrain(crops, out, PretrainConfig(method=method, **TINY), progress=False)
+    assert len(summary["loss_history"]) == 2 and all(np.isfinite(summary["loss_history"]))
+    assert summary["final_loss"] > 0  # SupCon with class-balanced batches never collapses to 0
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["backbone"] == "resnet10t" and sidecar["image_size"] == 32 and sidecar["method"] == method
+    assert sidecar["data"]["crops"] == 18
+    assert not out.with_suffix(".state.pt").exists()
+    embedder = Embedder(weights=out)  # name and size come from the JSON beside the weights
+    assert embedder.backbone == "resnet10t" and embedder.image_size == 32
+    state = load_file(str(out))
+    assert all(torch.equal(state[k], v) for k, v in embedder.model.state_dict().items())
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(crops, tmp_path, monkeypatch):
+    config = PretrainConfig(method="supcon", **TINY)
+    pretrain(crops, tmp_path / "whole.safetensors", config, progress=False)
+    out = tmp_path / "resumed.safetensors"
+    real_save = torch.save
+
+    def save_then_stop(obj, path):
+        real_save(obj, path)
+        raise KeyboardInterrupt  # the machine goes down right after epoch 1 was saved
+
+    monkeypatch.setattr(torch, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(crops, out, config, progress=False)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert out.with_suffix(".state.pt").is_file() and not out.exists()
+    summary = pretrain(crops, out, config, progress=False)
+    assert len(summary["loss_history"]) == 2
+    whole, resumed = load_file(str(tmp_path / "whole.safetensors")), load_file(str(out))
+    assert all(torch.allclose(whole[k].float(), resumed[k].float(), atol=1e-5) for k in whole)
+    random_init = Embedder("resnet10t", weights="random", image_size=32).model.state_dict()
+    conv = next(k for k in whole if k.endswith("conv1.0.weight"))
+    assert not torch.allclose(whole[conv], random_init[conv])
+    # a state left by a run with other settings is refused, not silently mixed in
+    torch.save({"config": "other", "epoch": 1}, out.with_suffix(".state.pt"))
+    with pytest.raises(DefectkitError, match="other settings"):
+        pretrain(crops, out, PretrainConfig(method="simclr", **TINY), progress=False)
+
+
+def test_augment_keeps_crop_and_mask_aligned():
+    crop = np.zeros((48, 48, 3), np.uint8)
+    mask = np.zeros((48, 48), bool)
+    crop[10:20, 30:40] = 255
+    mask[10:20, 30:40] = True
+    torch.manual_seed(0)
+    augment = Augment(32)
+    for _ in range(5):
+        view, region = augment(crop, mask)
+        assert view.shape == (32, 32, 3) and region.shape == (32, 32)
+        if region.any():
+            assert view[region].mean() > view[~region].mean() + 60
+
+
+def test_bad_settings_are_clear(crops, tmp_path):
+    with pytest.raises(DefectkitError, match="method"):
+        PretrainConfig(method="byol")
+    with pytest.raises(DefectkitError, match="safetensors"):
+        pretrain(crops, tmp_path / "x.pt", PretrainConfig(**TINY), progress=False)
+    with pytest.raises(DefectkitError, match="fewer than one batch"):
+        pretrain(crops, tmp_path / "x.safetensors", PretrainConfig(**{**TINY, "batch_size": 32}), progress=False)

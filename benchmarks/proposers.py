@@ -1,0 +1,198 @@
+"""How many true defects do the mask proposers find, and how much else do they propose?
+
+On the held-out part of a seeded split of the magnetic-tile data set (split by image, per class),
+for each proposer named on the command line, side by side:
+
+- region recall: ground-truth regions (8-connected, >= 10 px) matched by a proposal at IoU >= 0.3;
+- image recall: defect images with at least one matched proposal;
+- proposals per image, and on defect-free (MT_Free) images the false positives per image.
+
+    .venv/bin/python benchmarks/proposers.py                      # classical vs given
+    .venv/bin/python benchmarks/proposers.py -p classical -p auto --free 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from defectkit.geometry import connected_regions
+from defectkit.images import read_image, read_mask
+from defectkit.propose import create_proposer
+
+CLASSES = ("Blowhole", "Break", "Crack", "Fray", "Uneven", "Free")
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic-tile"
+IOU = 0.3
+MIN_GT_AREA = 10
+
+
+def split(root: Path, seed: int = 0, test_size: float = 0.3) -> dict[str, dict[str, list[Path]]]:
+    """{class: {"train": [...], "test": [...]}}, split by image with ``defectkit.data.split`` (the
+    rule and seed of ``defectkit split``: each class gives ``test_size`` of its images to test)."""
+    from defectkit.data.split import split_records
+
+    records = []
+    for name in CLASSES:
+        images = sorted((root / f"MT_{name}" / "Imgs").glob("*.jpg"))
+        if not images:
+            raise SystemExit(f"no images in {root / f'MT_{name}' / 'Imgs'}; pass --data")
+        stratum = "background" if name == "Free" else name.lower()
+        records += [{"image": str(p), "subtype": stratum, "class": name} for p in images]
+    train, test = split_records(records, test_size, seed)
+    return {
+        name: {part: [Path(r["image"]) for r in rows if r["class"] == name] for part, rows in (("train", train), ("test", test))}
+        for name in CLASSES
+    }
+
+
+@dataclass
+class Item:
+    cls: str
+    path: Path
+    image: np.ndarray
+    regions: list[np.ndarray]  # full-size boolean masks of the ground-truth regions
+
+
+def load(paths_by_class: dict[str, list[Path]]) -> list[Item]:
+    items = []
+    for cls, paths in paths_by_class.items():
+        for path in paths:
+            image = read_image(path)
+            mask = read_mask(path.with_suffix(".png"))
+            regions = [r.full_mask(mask.shape) for r in connected_regions(mask, MIN_GT_AREA)]
+            items.append(Item(cls, path, image, regions))
+    return items
+
+
+def iou_matrix(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    flat_a = np.stack([m.ravel() for m in a]).astype(np.float32)
+    flat_b = np.stack([m.ravel() for m in b]).astype(np.float32)
+    inter = flat_a @ flat_b.T
+    union = flat_a.sum(1)[:, None] + flat_b.sum(1)[None, :] - inter
+    return inter / np.maximum(union, 1)
+
+
+@dataclass
+class Tally:
+    images: int = 0
+    regions: int = 0
+    regions_found: int = 0
+    images_with_regions: int = 0
+    images_found: int = 0
+    proposals: int = 0
+    unmatched: int = 0
+    images_with_proposals: int = 0
+
+    def row(self) -> dict[str, float]:
+        return {
+            "region_recall": self.regions_found / max(self.regions, 1),
+            "image_recall": self.images_found / max(self.images_with_regions, 1),
+            "proposals_per_image": self.proposals / max(self.images, 1),
+            "unmatched_per_image": self.unmatched / max(self.images, 1),
+            "flagged_share": self.images_with_proposals / max(self.images, 1),
+        }
+
+
+@dataclass
+class Result:
+    tallies: dict[str, Tally] = field(default_factory=dict)
+    seconds: float = 0.0
+    images: int = 0
+
+
+def evaluate(proposer, items: list[Item]) -> Result:
+    result = Result()
+    start = time.perf_counter()
+    for item in items:
+        masks = proposer.propose(item.image, image_path=str(item.path))
+        tally = result.tallies.setdefault(item.cls, Tally())
+        ious = iou_matrix(item.regions, masks)
+        matched = ious >= IOU
+        tally.images += 1
+        tally.regions += len(item.regions)
+        tally.regions_found += int(matched.any(axis=1).sum()) if masks else 0
+        tally.images_with_regions += bool(item.regions)
+        tally.images_found += bool(item.regions) and bool(matched.any())
+        tally.proposals += len(masks)
+        tally.unmatched += int((~matched.any(axis=0)).sum()) if item.regions else len(masks)
+        tally.images_with_proposals += bool(masks)
+    result.seconds = time.perf_counter() - start
+    result.images = len(items)
+    return result
+
+
+def score(result: Result, fp_weight: float = 0.05) -> float:
+    """One number to tune on: mean region and image recall over the defect classes, minus
+    ``fp_weight`` per false positive on a defect-free image."""
+    defect = [result.tallies[c].row() for c in CLASSES if c != "Free" and c in result.tallies]
+    recall = np.mean([(r["region_recall"] + r["image_recall"]) / 2 for r in defect])
+    return float(recall - fp_weight * result.tallies["Free"].row()["proposals_per_image"])
+
+
+def print_table(results: dict[str, Result]) -> None:
+    names = list(results)
+    width = max(14, *(len(n) + 2 for n in names))
+    header = f"{'class':<10}{'images':>7}{'regions':>8}  " + "".join(
+        f"{n + ' reg/img/ppi':>{width + 14}}" for n in names
+    )
+    print(header)
+    first = results[names[0]]
+    for cls in CLASSES:
+        if cls not in first.tallies:
+            continue
+        t = first.tallies[cls]
+        line = f"{cls:<10}{t.images:>7}{t.regions:>8}  "
+        for name in names:
+            row = results[name].tallies[cls].row()
+            if cls == "Free":
+                cell = f"FP/img {row['proposals_per_image']:.2f}, flagged {row['flagged_share']:.0%}"
+            else:
+                cell = f"{row['region_recall']:.2f} {row['image_recall']:.2f} {row['proposals_per_image']:.1f}"
+            line += f"{cell:>{width + 14}}"
+        print(line)
+    print()
+    for name in names:
+        r = results[name]
+        defect = [r.tallies[c].row() for c in CLASSES if c != "Free" and c in r.tallies]
+        print(
+            f"{name}: mean region recall {np.mean([d['region_recall'] for d in defect]):.2f}, "
+            f"mean image recall {np.mean([d['image_recall'] for d in defect]):.2f}, "
+            f"{r.images} images in {r.seconds:.1f} s ({r.images / max(r.seconds, 1e-9):.0f} img/s)"
+        )
+    print("reg = ground-truth regions matched (IoU >= 0.3); img = defect images with >= 1 match;"
+          " ppi = proposals per image")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="magnetic-tile folder (MT_*/Imgs)")
+    parser.add_argument("-p", "--proposer", action="append", help="proposer name (repeatable); default classical and given")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--part", choices=("train", "test"), default="test")
+    parser.add_argument("--free", type=int, default=0, help="use only this many defect-free images of the part (0: all)")
+    args = parser.parse_args()
+    parts = split(args.data, args.seed)
+    chosen = {cls: parts[cls][args.part] for cls in CLASSES}
+    chosen["Free"] = chosen["Free"][: args.free or None]
+    start = time.perf_counter()
+    items = load(chosen)
+    print(f"magnetic-tile {args.part} part (seed {args.seed}): {len(items)} images loaded in "
+          f"{time.perf_counter() - start:.1f} s\n")
+    results = {}
+    for name in args.proposer or ["classical", "given"]:
+        proposer = create_proposer(name)
+        results[name] = evaluate(proposer, items)
+        if name != "given":
+            print(f"{name}: {proposer.describe()}")
+    print()
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()

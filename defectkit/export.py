@@ -1,0 +1,249 @@
+"""Defects to files: the one place for format conversions (per-image JSON, CSV rows, COCO, overlays).
+
+Works the same for proposals (``segment``) and for classified defects (``classify``): a Defect's
+``category``, ``subtype``, ``confidence`` and ``scores`` are written where they are set. Every file
+is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from defectkit.defect import Defect
+from defectkit.geometry import Region
+from defectkit.images import atomic_write_text, write_png
+
+UNCLASSIFIED = "defect"  # the COCO category and overlay label of defects nobody has classified
+
+
+# --- per-image JSON ------------------------------------------------------------------------------
+def image_record(image: str | Path, size: tuple[int, int], defects: list[Defect], **context) -> dict:
+    """One image's result: ``image``, ``size`` [width, height], then ``context`` (proposer, model,
+    ...), then ``defects`` (each Defect's JSON form, without the image fields repeated)."""
+    return {
+        "image": str(image),
+        "size": [int(size[0]), int(size[1])],
+        **context,
+        "defects": [{k: v for k, v in d.to_dict().items() if k not in ("image", "image_size")} for d in defects],
+    }
+
+
+def defects_from_record(record: dict) -> list[Defect]:
+    """The Defects of an ``image_record`` (as read back from its JSON file)."""
+    size = tuple(record["size"])
+    return [Defect.from_dict({**d, "image": record["image"], "image_size": size}) for d in record["defects"]]
+
+
+def dumps(record: dict) -> str:
+    """JSON with one line per top-level key, and one line per item of a list of objects (one
+    line per defect): readable, and diffs show which defect changed."""
+    lines = []
+    for key, value in _plain(record).items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            items = ",\n".join(f"  {json.dumps(v)}" for v in value)
+            lines.append(f" {json.dumps(key)}: [\n{items}\n ]")
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def write_json(path: str | Path, record: dict) -> None:
+    atomic_write_text(path, dumps(record))
+
+
+def _plain(value):
+    """numpy scalars and arrays (from measurements and model scores) as JSON types."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --- CSV -----------------------------------------------------------------------------------------
+CSV_COLUMNS = ("image", "id", "category", "subtype", "confidence", "area", "edges",
+               "bbox_x", "bbox_y", "bbox_w", "bbox_h", "label", "polygon")
+
+
+def csv_rows(defects: list[Defect]) -> list[dict]:
+    """One row per defect; the polygon as ``x y;x y;...``."""
+    rows = []
+    for d in defects:
+        x, y, w, h = d.bbox
+        rows.append({
+            "image": d.image, "id": d.id, "category": d.category or "", "subtype": d.subtype or "",
+            "confidence": "" if d.confidence is None else round(float(d.confidence), 4),
+            "area": d.area, "edges": d.edges, "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,
+            "label": d.label or "", "polygon": ";".join(f"{px} {py}" for px, py in d.polygon),
+        })
+    return rows
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...] = CSV_COLUMNS) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+# --- COCO ----------------------------------------------------------------------------------------
+def defect_name(d: Defect) -> str:
+    return d.subtype or d.category or UNCLASSIFIED
+
+
+def defect_mask(d: Defect) -> np.ndarray:
+    """The defect's full-size boolean mask: its region when in memory, else its polygon less its holes."""
+    width, height = d.image_size
+    if d.region is not None:
+        return d.region.full_mask((height, width))
+    mask = Region.from_polygon(d.polygon, (height, width)).full_mask((height, width))
+    for hole in d.holes:
+        mask &= ~Region.from_polygon(hole, (height, width)).full_mask((height, width))
+    return mask
+
+
+def rle(mask: np.ndarray) -> dict:
+    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
+
+
+class CocoWriter:
+    """Collects images and their defects; writes one COCO instances file (``instances()``: images,
+    annotations, categories) or results file (``results()``: the annotation list with scores).
+
+    ``segmentation="rle"`` (exact, holes included; what COCO results files and pycocotools expect)
+    or ``"polygon"`` (outer ring only, editable in annotation tools). Categories are the given
+    names, then names seen in order; an unclassified defect is ``defect``.
+    """
+
+    def __init__(self, categories: list[str] | None = None, segmentation: str = "rle", supercategories: dict[str, str] | None = None):
+        if segmentation not in ("rle", "polygon"):
+            raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
+        self.segmentation = segmentation
+        self.supercategories = supercategories or {}
+        self.category_ids: dict[str, int] = {}
+        for name in categories or []:
+            self._category(name)
+        self.images: list[dict] = []
+        self.annotations: list[dict] = []
+
+    def _category(self, name: str) -> int:
+        return self.category_ids.setdefault(name, len(self.category_ids) + 1)
+
+    def add(self, image: str | Path, size: tuple[int, int], defects: list[Defect]) -> int:
+        image_id = len(self.images) + 1
+        self.images.append({"id": image_id, "file_name": str(image), "width": int(size[0]), "height": int(size[1])})
+        for d in defects:
+            annotation = {
+                "id": len(self.annotations) + 1,
+                "image_id": image_id,
+                "category_id": self._category(defect_name(d)),
+                "bbox": [int(v) for v in d.bbox],
+                "area": int(d.area),
+                "iscrowd": 0,
+                "score": 1.0 if d.confidence is None else float(d.confidence),
+                "segmentation": self._segmentation(d),
+            }
+            self.annotations.append(annotation)
+        return image_id
+
+    def _segmentation(self, d: Defect):
+        # pycocotools reads a 4-number polygon as a box: such thin regions go as RLE
+        if self.segmentation == "polygon" and len(d.polygon) >= 3:
+            return [[float(c) for point in d.polygon for c in point]]
+        return rle(defect_mask(d))
+
+    def categories(self) -> list[dict]:
+        return [
+            {"id": i, "name": name, "supercategory": self.supercategories.get(name, name)}
+            for name, i in self.category_ids.items()
+        ]
+
+    def instances(self) -> dict:
+        return {"images": self.images, "annotations": self.annotations, "categories": self.categories()}
+
+    def results(self) -> list[dict]:
+        keys = ("image_id", "category_id", "bbox", "score", "segmentation")
+        return [{k: a[k] for k in keys} for a in self.annotations]
+
+    def write(self, path: str | Path, kind: str = "instances") -> Path:
+        """Write the instances (default) or results file at ``path``."""
+        data = self.instances() if kind == "instances" else self.results()
+        atomic_write_text(path, json.dumps(data))
+        return Path(path)
+
+
+# --- overlay -------------------------------------------------------------------------------------
+PALETTE = [  # colour-blind friendly (Okabe-Ito and Tableau), RGB
+    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
+    (213, 94, 0), (204, 121, 167), (255, 127, 14), (148, 103, 189), (23, 190, 207),
+]
+UNCLASSIFIED_COLOUR = (255, 64, 64)
+
+
+def colour_of(name: str | None) -> tuple[int, int, int]:
+    """A fixed colour per subtype name (the same in every run and image); red when unclassified."""
+    if not name:
+        return UNCLASSIFIED_COLOUR
+    return PALETTE[zlib.crc32(name.encode("utf-8")) % len(PALETTE)]
+
+
+def label_of(d: Defect) -> str:
+    if d.subtype or d.category:
+        name = d.subtype or d.category
+        return name if d.confidence is None else f"{name} {d.confidence:.2f}"
+    return f"#{d.id}"
+
+
+def overlay(image: np.ndarray, defects: list[Defect], fill: float = 0.25) -> np.ndarray:
+    """The image (RGB, same size) with each defect's outline and a translucent fill in its
+    subtype's colour (saturated colours stand out on gray parts), and its label (subtype and
+    confidence, or #id) in white on a dark plate edged in that colour, readable on any background."""
+    canvas = image.copy() if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
+    height, width = canvas.shape[:2]
+    thickness = max(1, round(min(height, width) / 300))
+    filled = canvas.copy()
+    for d in defects:
+        colour = colour_of(d.subtype or d.category)
+        rings = [np.asarray(d.polygon, dtype=np.int32)] + [np.asarray(h, dtype=np.int32) for h in d.holes]
+        inside = np.zeros((height, width), dtype=np.uint8)
+        cv2.fillPoly(inside, rings[:1], 1)
+        if len(rings) > 1:
+            cv2.fillPoly(inside, rings[1:], 0)
+        filled[inside.astype(bool)] = colour
+        cv2.polylines(canvas, rings, isClosed=True, color=colour, thickness=thickness, lineType=cv2.LINE_AA)
+    canvas = cv2.addWeighted(filled, fill, canvas, 1 - fill, 0)
+    for d in defects:
+        _label(canvas, label_of(d), d.bbox, colour_of(d.subtype or d.category))
+    return canvas
+
+
+def _label(canvas: np.ndarray, text: str, bbox, colour) -> None:
+    height, width = canvas.shape[:2]
+    scale = max(0.35, min(height, width) / 700)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (tw, th), base = cv2.getTextSize(text, font, scale, 1)
+    x, y, _, h = bbox
+    x = int(min(max(0, x), max(0, width - tw - 4)))
+    top = y - th - base - 4 if y - th - base - 4 >= 0 else min(height - th - base - 4, y + h + 2)
+    top = int(max(0, top))
+    cv2.rectangle(canvas, (x, top), (x + tw + 4, top + th + base + 4), (20, 20, 20), thickness=-1)
+    cv2.rectangle(canvas, (x, top), (x + tw + 4, top + th + base + 4), colour, thickness=1)
+    cv2.putText(canvas, text, (x + 2, top + th + 2), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def write_overlay(path: str | Path, image: np.ndarray, defects: list[Defect]) -> None:
+    write_png(path, overlay(image, defects))

@@ -1,0 +1,68 @@
+"""Mask proposers, chosen by name: ``create_proposer("classical")``.
+
+Built-ins: ``classical`` (OpenCV), ``sam2`` (automatic, prompted or tiled SAM2), ``hybrid``
+(another proposer's regions refined by SAM2 box and point prompts), ``given`` (annotation masks
+and boxes) and ``auto`` (hybrid when a SAM2 checkpoint is found, else classical). Other packages
+add theirs through the ``defectkit.proposers`` entry-point group (see ``defectkit.registry``).
+"""
+
+from __future__ import annotations
+
+from defectkit.propose.base import Prompts, Proposer
+from defectkit.registry import Registry
+
+PROPOSERS = Registry("proposer", "defectkit.proposers")
+PROPOSERS.register("classical", "defectkit.propose.classical:ClassicalProposer")
+PROPOSERS.register("sam2", "defectkit.propose.sam2:SAM2Proposer")
+PROPOSERS.register("hybrid", "defectkit.propose.hybrid:HybridProposer")
+PROPOSERS.register("given", "defectkit.propose.given:GivenProposer")
+PROPOSERS.register("auto", "defectkit.propose.auto:auto_proposer")
+
+
+def create_proposer(name: str, **options) -> Proposer:
+    """Build the proposer registered as ``name`` with ``options`` (its constructor's arguments)."""
+    return PROPOSERS.create(name, **options)
+
+
+def proposer_names() -> list[str]:
+    return PROPOSERS.names()
+
+
+__all__ = ["PROPOSERS", "Prompts", "Proposer", "build_proposer", "create_proposer", "parse_options", "proposer_names"]
+
+
+def build_proposer(
+    name: str = "auto",
+    sam2_checkpoint: str | None = None,
+    sam2_config: str | None = None,
+    annotations: str | None = None,
+    annotation_format: str = "masks",
+    options: dict | None = None,
+) -> Proposer:
+    """A proposer from the command line's flags: each flag goes to the proposers that use it
+    (``--sam2-*`` to sam2, hybrid and auto; ``--annotations`` to given); ``options`` go as given."""
+    kwargs = dict(options or {})
+    if name in ("sam2", "hybrid", "auto"):
+        if sam2_checkpoint:
+            kwargs["checkpoint"] = sam2_checkpoint
+        if sam2_config:
+            kwargs["config" if name == "sam2" else "sam2_config"] = sam2_config
+    elif name == "given":
+        if annotations:
+            kwargs.update(source=annotations, format=annotation_format)
+    return create_proposer(name, **kwargs)
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``["points_per_side=48", "mode=tiled"]`` -> ``{"points_per_side": 48, "mode": "tiled"}`` (values read as YAML)."""
+    import yaml
+
+    from defectkit.errors import DefectkitError
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise DefectkitError(f"proposer option {pair!r} is not KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out

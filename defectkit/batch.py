@@ -116,3 +116,57 @@ def run_batch(
 
 def _write_errors(report: BatchReport) -> None:
     atomic_write_text(report.errors_path, "".join(json.dumps(e) + "\n" for e in report.failed))
+
+
+def write_results(
+    inputs: list[str | Path],
+    out: str | Path,
+    analyse: Callable[[Path, np.ndarray], tuple[dict, list]],
+    coco,
+    overlays: bool = True,
+    resume: bool = False,
+    csv_file: str = "defects.csv",
+    coco_file: str | None = "coco.json",
+    coco_kind: str = "instances",
+    desc: str = "images",
+    progress: bool = True,
+) -> tuple[BatchReport, list[dict]]:
+    """Run ``analyse(path, image) -> (image record, defects)`` over the images of ``inputs`` and
+    write per image ``<name>.json`` (and ``<name>.png`` overlays), and for the run the CSV (one row
+    per defect), ``coco_file`` (``coco``, a CocoWriter) and ``errors.jsonl``. With ``resume``,
+    images whose JSON is already in ``out`` are read back instead of analysed again."""
+    from defectkit.export import csv_rows, defects_from_record, write_csv, write_json, write_overlay
+
+    out = Path(out)
+    paths = expand_inputs(inputs)
+    clash = next((p for p, name in output_names(paths).items() if (out / f"{name}.png").resolve() == p.resolve()), None)
+    if clash is not None:
+        raise DefectkitError(f"{clash} would be overwritten by its own overlay: choose an --out folder apart from the inputs")
+    rows: list[dict] = []
+
+    def process(path: Path, name: str, image: np.ndarray) -> None:
+        record, defects = analyse(path, image)
+        write_json(out / f"{name}.json", record)
+        if overlays:
+            write_overlay(out / f"{name}.png", image, defects)
+        coco.add(path, tuple(record["size"]), defects)
+        rows.extend(csv_rows(defects))
+
+    def done(path: Path, name: str) -> bool:
+        result = out / f"{name}.json"
+        if not (resume and result.is_file()):
+            return False
+        try:
+            record = json.loads(result.read_text())
+            defects = defects_from_record(record)
+        except (ValueError, KeyError, TypeError):
+            return False  # an unreadable earlier result: do the image again
+        coco.add(record["image"], tuple(record["size"]), defects)
+        rows.extend(csv_rows(defects))
+        return True
+
+    report = run_batch(paths, out, process, done=done, progress=progress, desc=desc)
+    write_csv(out / csv_file, rows)
+    if coco_file:
+        coco.write(out / coco_file, kind=coco_kind)
+    return report, rows

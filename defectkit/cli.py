@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from defectkit.errors import DefectkitError
@@ -18,10 +20,15 @@ console = Console(stderr=True)
 @app.callback()
 def _root() -> None:
     """defectkit: propose, polygonize, embed and classify surface defects."""
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    console.print(f"[yellow]warning:[/yellow] {rich_escape(str(message))}", soft_wrap=True)
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
+    console.print(f"[red]error:[/red] {rich_escape(str(exc))}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -38,6 +45,7 @@ def extract(
     padding: float = typer.Option(0.25, help="Context around a region, as a share of its longer side."),
     background_per_image: int = typer.Option(2, help="Background regions sampled per defect-free image."),
     background_in_defect_images: int = typer.Option(0, help="Background regions sampled per defect image, away from its defects."),
+    negatives_from: Optional[str] = typer.Option(None, help="Add this proposer's proposals that touch no defect as background crops (hard negatives), e.g. classical."),
     seed: int = typer.Option(0, help="Seed for background sampling (same seed, same output)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -55,6 +63,7 @@ def extract(
             crop=CropSpec(size=crop_size, padding=padding),
             background_per_image=background_per_image,
             background_in_defect_images=background_in_defect_images,
+            negatives_from=negatives_from,
             seed=seed,
         )
         summary = run_extract(src, out, Taxonomy.load(taxonomy), options, progress=not quiet)
@@ -84,6 +93,435 @@ def print_extract_summary(summary) -> None:
         out.print(f"[red]{len(summary.skipped)} file(s) skipped:[/red]")
         for path, reason in summary.skipped:
             out.print(f"  {path}: {reason}", soft_wrap=True, markup=False)
+
+
+@app.command()
+def split(
+    dataset: Path = typer.Argument(..., help="Crop data set (folder with manifest.jsonl)."),
+    out: Path = typer.Argument(..., help="Writes OUT/train/manifest.jsonl and OUT/test/manifest.jsonl."),
+    test_size: float = typer.Option(0.3, help="Share of each subtype's images that goes to test."),
+    seed: int = typer.Option(0, help="Seed of the split."),
+):
+    """Split a crop data set into train and test, grouped by source image, stratified by subtype."""
+    from collections import Counter
+
+    from defectkit.data.split import split_dataset
+
+    try:
+        parts = split_dataset(dataset, out, test_size, seed)
+    except DefectkitError as exc:
+        _fail(exc)
+    for name, records in parts.items():
+        counts = Counter(r["subtype"] for r in records)
+        images = len({r["image"] for r in records})
+        typer.echo(f"{name}: {len(records)} crops from {images} images  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+@app.command()
+def segment(
+    inputs: list[Path] = typer.Argument(..., help="Image files, folders (recursed) or .txt lists of paths."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    proposer: str = typer.Option("auto", "--proposer", "-p", help="auto | hybrid | sam2 | classical | given, or a plugin's name."),
+    sam2_checkpoint: Optional[str] = typer.Option(None, help="SAM2 checkpoint (default: the config's file in checkpoints/)."),
+    sam2_config: Optional[str] = typer.Option(None, help="SAM2 config: sam2.1_hiera_t|s|b+|l or a YAML in configs/sam2/."),
+    annotations: Optional[str] = typer.Option(None, help="given: annotation data set (default: the mask beside each image)."),
+    annotation_format: str = typer.Option("masks", help="given: masks | voc | coco"),
+    option: list[str] = typer.Option([], "--option", "-O", help="Proposer setting KEY=VALUE (repeatable), e.g. points_per_side=48."),
+    min_area: int = typer.Option(10, help="Drop regions smaller than this many pixels."),
+    polygon_tolerance: float = typer.Option(1.0, help="Polygon simplification tolerance in pixels."),
+    overlays: bool = typer.Option(True, help="Write an overlay PNG per image."),
+    resume: bool = typer.Option(False, help="Keep images whose results already exist in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Propose defect masks and write their polygons: per-image JSON and overlay, coco.json, defects.csv."""
+    from defectkit.propose import build_proposer, parse_options
+    from defectkit.segment import SegmentOptions, segment as run_segment
+
+    try:
+        chosen = build_proposer(proposer, sam2_checkpoint, sam2_config, annotations, annotation_format, parse_options(option))
+        options = SegmentOptions(min_area=min_area, polygon_tolerance=polygon_tolerance, overlays=overlays, resume=resume)
+        report = run_segment(inputs, out, chosen, options, progress=not quiet)
+    except (DefectkitError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"proposer: {chosen.describe().get('name')}; {report.done} image(s) segmented, {report.skipped} kept from before, "
+                  f"{len(report.failed)} failed, in {report.seconds:.1f} s; results in {out}", soft_wrap=True, markup=False)
+    if report.failed:
+        console.print(f"failed images are listed in {report.errors_path}", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command("finetune-sam2")
+def finetune_sam2(
+    dataset: Path = typer.Argument(..., help="Mask data set (as `extract --format masks` reads it) or a COCO json file."),
+    sam2_config: str = typer.Option("sam2.1_hiera_t", help="SAM2 model config: sam2.1_hiera_t|s|b+|l (or sam2_hiera_*)."),
+    sam2_checkpoint: Path = typer.Option(..., help="Checkpoint to start from, e.g. checkpoints/sam2.1_hiera_tiny.pt."),
+    out: Path = typer.Option(..., help="Where to write the fine-tuned checkpoint, e.g. checkpoints/<name>.pt."),
+    format: str = typer.Option("masks", "--format", "-f", help="masks | coco"),
+    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", "-t", help="Taxonomy YAML; without it every region is used, whatever its label."),
+    epochs: int = typer.Option(10, help="Passes over the training images."),
+    lr: float = typer.Option(1e-4, help="Learning rate of the prompt encoder and mask decoder (AdamW, cosine decay to lr/10)."),
+    encoder_lr: Optional[float] = typer.Option(None, help="Learning rate of the image encoder with --train-image-encoder (default lr/10)."),
+    batch_size: int = typer.Option(4, help="Images per forward pass (all their regions are prompted)."),
+    accumulate: int = typer.Option(1, help="Forward passes per optimizer step (gradient accumulation)."),
+    train_image_encoder: bool = typer.Option(False, "--train-image-encoder", help="Also train the image encoder (frozen by default)."),
+    max_objects: int = typer.Option(16, help="Regions prompted per image per step."),
+    image_size: Optional[int] = typer.Option(None, help="Model input side (default: the config's, 1024). Smaller is faster on a CPU; use the checkpoint at the same size."),
+    val_fraction: float = typer.Option(0.2, help="Share of the images (per label) held out from training."),
+    fraction: float = typer.Option(1.0, help="Share of the training images to train on (nested, as in evaluate-sam2 --fractions)."),
+    seed: int = typer.Option(0, help="Seed of the split and of prompt sampling."),
+    min_area: int = typer.Option(10, help="Ignore regions smaller than this many pixels."),
+    mask_threshold: int = typer.Option(127, help="A mask pixel is set where its value is above this."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run that wrote --out (from OUT.train-state.pt)."),
+    evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Evaluate base and fine-tuned on the held-out images afterwards."),
+    amg_points_per_side: int = typer.Option(16, help="Point grid side of the automatic mask generator in the evaluation (0: skip it)."),
+    log_dir: Optional[Path] = typer.Option(None, help="TensorBoard folder (default OUT-tensorboard/; written only when tensorboard is installed)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Fine-tune SAM2 (prompt encoder + mask decoder) on labelled defect masks; save a stock SAM2 checkpoint."""
+    from defectkit.sam2_finetune import DataOptions, FinetuneOptions, finetune_sam2 as run
+    from defectkit.taxonomy import Taxonomy
+
+    try:
+        options = FinetuneOptions(epochs=epochs, lr=lr, encoder_lr=encoder_lr, batch_size=batch_size, accumulate=accumulate,
+                                  train_image_encoder=train_image_encoder, max_objects=max_objects, seed=seed)
+        data = DataOptions(format=format, taxonomy=Taxonomy.load(taxonomy) if taxonomy else None,
+                           mask_threshold=mask_threshold, min_area=min_area, val_fraction=val_fraction, seed=seed)
+        result = run(dataset, out, sam2_config, sam2_checkpoint, options, data, fraction=fraction, image_size=image_size,
+                     device=device, resume=resume, evaluate_after=evaluate,
+                     amg={"points_per_side": amg_points_per_side} if amg_points_per_side > 0 else None,
+                     log_dir=log_dir, progress=not quiet)
+    except DefectkitError as exc:
+        _fail(exc)
+    print_finetune_result(result, sam2_config)
+
+
+def print_finetune_result(result, sam2_config: str) -> None:
+    from defectkit.sam2_finetune import read_metadata, resolve_config
+
+    out = Console()
+    train_regions, heldout_regions = sum(len(i.instances) for i in result.train_images), result.split.regions[1]
+    out.print(f"data: {len(result.train_images)} training images ({train_regions} regions), "
+              f"{len(result.split.heldout)} held-out images ({heldout_regions} regions) from {result.split.source}", soft_wrap=True)
+    for path, reason in result.split.skipped:
+        out.print(f"[yellow]skipped[/yellow] {path}: {reason}", soft_wrap=True, markup=False)
+    table = Table(title="fine-tuning (losses per region; held-out prompts fixed)")
+    for column in ("epoch", "train loss", "focal", "dice", "iou", "held-out loss", "lr", "s"):
+        table.add_column(column, justify="right")
+    for r in result.history:
+        held = r.get("heldout_total")
+        table.add_row(str(r["epoch"]), f"{r['train_total']:.4f}", f"{r['train_focal']:.4f}", f"{r['train_dice']:.4f}",
+                      f"{r['train_iou']:.4f}", "-" if held is None else f"{held:.4f}", f"{r['lr']:.2e}", f"{r['seconds']:.0f}")
+    out.print(table)
+    if result.evaluations:
+        print_evaluations(result.evaluations, title="held-out images: base vs fine-tuned")
+    meta = read_metadata(result.checkpoint)
+    size = meta.get("image_size")
+    note = "" if size == 1024 else f"; trained at image_size {size}: build it with hydra_overrides_extra=['++model.image_size={size}']"
+    out.print(f"checkpoint: {result.checkpoint} (loads with sam2.build_sam.build_sam2({resolve_config(sam2_config)!r}, "
+              f"ckpt_path=...){note})", soft_wrap=True, markup=False)
+    out.print(f"resume state: {result.state}" + (f"; TensorBoard: {result.log_dir}" if result.log_dir else ""), soft_wrap=True)
+    out.print(f"wall time: {result.seconds:.0f} s", soft_wrap=True)
+
+
+def print_evaluations(evaluations: dict, title: str) -> None:
+    from defectkit.sam2_finetune.evaluate import side_by_side
+
+    header, rows = side_by_side(evaluations)
+    table = Table(title=title)
+    for column in header:
+        table.add_column(column, justify="left" if column in ("subtype", "model") else "right",
+                         overflow="fold" if column == "model" else "ellipsis")
+    for row in rows:
+        table.add_row(*row)
+    out = Console()
+    out.print(table)
+    for name, evaluation in evaluations.items():
+        masks = evaluation.amg_masks
+        extra = f", {sum(masks) / len(masks):.1f} automatic masks per image" if masks else ""
+        out.print(f"{name}: {evaluation.images} images in {evaluation.seconds:.0f} s{extra}", soft_wrap=True)
+
+
+@app.command("evaluate-sam2")
+def evaluate_sam2(
+    dataset: Path = typer.Argument(..., help="Mask data set or COCO json file; its held-out images are evaluated."),
+    sam2_config: str = typer.Option("sam2.1_hiera_t", help="SAM2 model config of the checkpoints."),
+    sam2_checkpoint: Path = typer.Option(..., help="Checkpoint to evaluate (with --fractions: the base to fine-tune from)."),
+    compare: list[Path] = typer.Option([], help="Other checkpoints (e.g. a fine-tuned one) to evaluate side by side; repeatable."),
+    fractions: Optional[str] = typer.Option(None, help="Data study: fine-tune from --sam2-checkpoint on these shares of the training images, e.g. 0.1,0.25,0.5,1."),
+    out_dir: Path = typer.Option(Path("out/sam2-study"), help="Where the study writes its checkpoints, fractions.csv/.md and fractions.png."),
+    format: str = typer.Option("masks", "--format", "-f", help="masks | coco"),
+    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", "-t", help="Taxonomy YAML (subtypes by name); without it, raw labels."),
+    val_fraction: float = typer.Option(0.2, help="Held-out share per label: use the value the checkpoint was trained with."),
+    seed: int = typer.Option(0, help="Seed of the split: use the value the checkpoint was trained with."),
+    image_size: Optional[int] = typer.Option(None, help="Model input side (default: as trained, else the config's)."),
+    amg_points_per_side: int = typer.Option(16, help="Point grid side of the automatic mask generator (0: skip it)."),
+    epochs: int = typer.Option(10, help="Study: epochs per fine-tuning."),
+    lr: float = typer.Option(1e-4, help="Study: learning rate."),
+    batch_size: int = typer.Option(4, help="Study: images per forward pass."),
+    train_image_encoder: bool = typer.Option(False, "--train-image-encoder", help="Study: also train the image encoder."),
+    min_area: int = typer.Option(10, help="Ignore regions smaller than this many pixels."),
+    mask_threshold: int = typer.Option(127, help="A mask pixel is set where its value is above this."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Score SAM2 checkpoints on held-out images (box/point mIoU and automatic recall per subtype), side by side; with --fractions, a study of how much training data fine-tuning needs."""
+    from defectkit.sam2_finetune import DataOptions, FinetuneOptions, read_metadata
+    from defectkit.sam2_finetune.evaluate import evaluate_checkpoints
+    from defectkit.sam2_finetune.study import fraction_study, study_table
+    from defectkit.taxonomy import Taxonomy
+
+    try:
+        shares = [float(f) for f in fractions.split(",") if f.strip()] if fractions else []
+    except ValueError:
+        _fail(DefectkitError(f"--fractions must be numbers separated by commas, got {fractions!r}"))
+    try:
+        data = DataOptions(format=format, taxonomy=Taxonomy.load(taxonomy) if taxonomy else None,
+                           mask_threshold=mask_threshold, min_area=min_area, val_fraction=val_fraction, seed=seed)
+        amg = {"points_per_side": amg_points_per_side} if amg_points_per_side > 0 else None
+        split, evaluations = evaluate_checkpoints(dataset, sam2_config, [sam2_checkpoint, *compare], data,
+                                                  image_size, device, amg, progress=not quiet)
+        Console().print(f"{len(split.heldout)} held-out images ({split.regions[1]} regions) of {dataset}", soft_wrap=True)
+        print_evaluations(evaluations, title="held-out images")
+        if shares:
+            options = FinetuneOptions(epochs=epochs, lr=lr, batch_size=batch_size, train_image_encoder=train_image_encoder, seed=seed)
+            size = image_size or read_metadata(sam2_checkpoint).get("image_size")
+            rows = fraction_study(split, sam2_config, sam2_checkpoint, out_dir, shares, options, amg, size,
+                                  device=_device(device), progress=not quiet, base=next(iter(evaluations.values())))
+    except DefectkitError as exc:
+        _fail(exc)
+    if shares:
+        header, body = study_table(rows)
+        table = Table(title=f"fine-tuning on shares of the {len(split.train)} training images, scored on the held-out images")
+        for column in header:
+            table.add_column(column, justify="right")
+        for row in body:
+            table.add_row(*row)
+        Console().print(table)
+        Console().print(f"table: {out_dir / 'fractions.csv'}, {out_dir / 'fractions.md'}; plot: {out_dir / 'fractions.png'}", soft_wrap=True)
+
+
+def _device(device: str) -> str:
+    from defectkit.sam2_finetune.train import pick_device
+
+    return str(pick_device(device))
+
+
+@app.command()
+def pretrain(
+    dataset: Path = typer.Argument(..., help="Crop data set (folder with manifest.jsonl) to learn from."),
+    out: Path = typer.Option(..., "--out", "-o", help="Backbone weights to write (.safetensors; a .json goes beside it)."),
+    backbone: str = typer.Option("mobilenetv3_small_100", help="Any timm model name."),
+    method: str = typer.Option("supcon", help="simclr (no labels) or supcon (uses the subtypes)."),
+    epochs: int = typer.Option(30, help="Passes over the crops."),
+    batch_size: int = typer.Option(96, help="Crops per batch (two views each)."),
+    image_size: int = typer.Option(96, help="Input size of the backbone in pixels."),
+    mask_mode: str = typer.Option("none", help="How the region mask reaches the backbone: none, channel or dim."),
+    init: str = typer.Option("random", help="random, hub (timm pretrained weights, needs internet) or a weights file."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine decay)."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same weights."),
+    logdir: Optional[Path] = typer.Option(None, help="TensorBoard log folder (needs tensorboard)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda; default cuda when present."),
+):
+    """Contrastively pretrain a timm backbone on defect crops (resumes from OUT.state.pt if present)."""
+    from defectkit.pretrain import PretrainConfig, pretrain as run_pretrain
+
+    try:
+        config = PretrainConfig(backbone=backbone, method=method, epochs=epochs, batch_size=batch_size,
+                                image_size=image_size, mask_mode=mask_mode, init=init, lr=lr, seed=seed, device=device)
+        summary = run_pretrain(dataset, out, config, logdir=logdir)
+    except DefectkitError as exc:
+        _fail(exc)
+    typer.echo(f"{out}: {summary['backbone']} pretrained with {summary['method']} for {summary['epochs']} epochs "
+               f"on {summary['data']['crops']} crops, final loss {summary['final_loss']:.4f}")
+
+
+def _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, reject=None):
+    from defectkit.classifier import ClassifierConfig
+
+    return ClassifierConfig(
+        backbone=backbone, weights=backbone_weights or "default", image_size=image_size, mask_mode=mask_mode,
+        embedding=not no_embedding, texture=texture, pca=pca or None, rejection_threshold=reject, seed=seed,
+    )
+
+
+def _cache(no_cache: bool):
+    from defectkit.embed import EmbeddingCache
+
+    return None if no_cache else EmbeddingCache()
+
+
+_BACKBONE = typer.Option(None, "--backbone", help="timm model name (default mobilenetv3_small_100, or what the weights' JSON names).")
+_WEIGHTS = typer.Option(None, "--backbone-weights", help="safetensors / state-dict file, 'hub' (timm pretrained, online) or 'random'. Default: checkpoints/defectkit-backbone.safetensors if present, else random (with a warning).")
+_IMAGE_SIZE = typer.Option(None, "--image-size", help="Backbone input size in px (default 96).")
+_MASK_MODE = typer.Option(None, "--mask-mode", help="How the backbone sees the region mask: none | channel | dim (default none).")
+_TEXTURE = typer.Option(False, "--texture", help="Add LBP, GLCM and HOG texture features.")
+_NO_EMBEDDING = typer.Option(False, "--no-embedding", help="No backbone: geometry (and --texture) features only.")
+_PCA = typer.Option(32, "--pca", help="Embedding PCA components, fitted on training data only (0: whole embedding).")
+_SEED = typer.Option(0, "--seed", help="Seed for folds, learners and random backbone weights.")
+_NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache ($DEFECTKIT_CACHE or ~/.cache/defectkit).")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+@app.command()
+def train(
+    dataset: Path = typer.Argument(..., help="Labelled crop data set (folder with manifest.jsonl, from `defectkit extract`)."),
+    taxonomy: Path = typer.Option(..., "--taxonomy", "-t", help="Taxonomy YAML."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model bundle folder to write."),
+    backbone: Optional[str] = _BACKBONE,
+    backbone_weights: Optional[str] = _WEIGHTS,
+    image_size: Optional[int] = _IMAGE_SIZE,
+    mask_mode: Optional[str] = _MASK_MODE,
+    texture: bool = _TEXTURE,
+    no_embedding: bool = _NO_EMBEDDING,
+    pca: int = _PCA,
+    reject: Optional[float] = typer.Option(None, "--reject", help="Report a defect as 'uncertain' when its subtype probability is below this."),
+    cv: int = typer.Option(5, "--cv", help="Folds (grouped by source image) for the printed quality estimate; 0 skips it."),
+    seed: int = _SEED,
+    no_cache: bool = _NO_CACHE,
+    quiet: bool = _QUIET,
+):
+    """Train the two-level stacked classifier on labelled crops and save it as a model bundle."""
+    from defectkit.taxonomy import Taxonomy
+    from defectkit.training import train as run_train
+
+    try:
+        config = _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, reject)
+        result = run_train(dataset, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), progress=not quiet)
+    except (DefectkitError, ValueError) as exc:
+        _fail(exc)
+    if result.cv:
+        print_scores({"hierarchy": result.cv.reports["hierarchy"]}, f"{result.cv.k}-fold CV grouped by source image")
+        print_per_class(result.cv.reports["hierarchy"])
+    Console().print(f"bundle written to {result.bundle} ({result.summary['crops']} crops, {result.seconds:.0f} s)", soft_wrap=True)
+
+
+@app.command()
+def evaluate(
+    dataset: Path = typer.Argument(..., help="Labelled crop data set (folder with manifest.jsonl)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Trained bundle to evaluate on DATASET (held out)."),
+    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", "-t", help="Taxonomy YAML (with --cv)."),
+    cv: int = typer.Option(0, "--cv", help="Cross-validate with K folds grouped by source image (needs --taxonomy)."),
+    baselines: bool = typer.Option(False, "--baselines", help="With --cv: also score each base learner alone and the flat stack, on the same folds."),
+    report: Optional[Path] = typer.Option(None, "--report", "-r", help="Write the report JSON here."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write confusion-matrix PNGs into this folder."),
+    backbone: Optional[str] = _BACKBONE,
+    backbone_weights: Optional[str] = _WEIGHTS,
+    image_size: Optional[int] = _IMAGE_SIZE,
+    mask_mode: Optional[str] = _MASK_MODE,
+    texture: bool = _TEXTURE,
+    no_embedding: bool = _NO_EMBEDDING,
+    pca: int = _PCA,
+    seed: int = _SEED,
+    no_cache: bool = _NO_CACHE,
+    quiet: bool = _QUIET,
+):
+    """Score a bundle on held-out crops (--model), or cross-validate a fresh classifier (--taxonomy --cv K)."""
+    from defectkit.evaluation import evaluate_bundle, evaluate_cv
+    from defectkit.taxonomy import Taxonomy
+
+    try:
+        if (model is None) == (cv == 0) or (cv and taxonomy is None):
+            raise DefectkitError("give either --model DIR (held-out evaluation) or --taxonomy FILE --cv K (cross-validation)")
+        if baselines and not cv:
+            raise DefectkitError("--baselines needs --cv K")
+        if model is not None:
+            result = evaluate_bundle(dataset, model, _cache(no_cache), progress=not quiet)
+        else:
+            config = _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed)
+            result = evaluate_cv(dataset, Taxonomy.load(taxonomy), config, cv, baselines, _cache(no_cache), not quiet).to_dict()
+    except (DefectkitError, ValueError) as exc:
+        _fail(exc)
+    title = f"{result['cv']['k']}-fold CV grouped by source image" if cv else f"{model} on {dataset}"
+    print_scores({**result.get("baselines", {}), "hierarchy": result}, title)
+    print_per_class(result)
+    _write_outputs(result, report, plots)
+
+
+def _write_outputs(result: dict, report: Optional[Path], plots: Optional[Path]) -> None:
+    import json
+
+    from defectkit.images import atomic_write_text
+    from defectkit.plots import confusion_pngs
+
+    out = Console()
+    if report is not None:
+        atomic_write_text(report, json.dumps(result, indent=2) + "\n")
+        out.print(f"report: {report}", soft_wrap=True)
+    if plots is not None:
+        for path in confusion_pngs(result, plots):
+            out.print(f"plot: {path}", soft_wrap=True)
+
+
+def _wide() -> Console:
+    """Stdout console; 120 columns when not a terminal (logs, files), so tables never truncate names."""
+    out = Console()
+    return out if out.is_terminal else Console(width=120)
+
+
+def print_scores(reports: dict, title: str) -> None:
+    table = Table(title=title)
+    for column in ("model", "category acc", "category macro-F1", "subtype acc", "subtype macro-F1", "defect recall", "background false alarms"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, r in reports.items():
+        detection = r["detection"]
+        cells = [r["category"]["accuracy"], r["category"]["macro_f1"], r["subtype"]["accuracy"], r["subtype"]["macro_f1"],
+                 detection["defect_recall"], detection["background_false_alarm"]]
+        table.add_row(name, *("-" if c is None else f"{c:.3f}" for c in cells))
+    _wide().print(table)
+    _wide().print("subtype macro-F1 averages the defect subtypes (background excluded).")
+
+
+def print_per_class(result: dict) -> None:
+    table = Table(title="per subtype")
+    for column in ("subtype", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "subtype" else "right")
+    for name, r in result["subtype"]["per_class"].items():
+        table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    _wide().print(table)
+
+
+@app.command()
+def classify(
+    inputs: list[Path] = typer.Argument(..., help="Image files, folders (recursed) or .txt lists of paths."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model bundle folder (models/<name>)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    proposer: str = typer.Option("auto", "--proposer", "-p", help="auto | hybrid | sam2 | classical | given, or a plugin's name."),
+    sam2_checkpoint: Optional[str] = typer.Option(None, help="SAM2 checkpoint (default: the config's file in checkpoints/)."),
+    sam2_config: Optional[str] = typer.Option(None, help="SAM2 config: sam2.1_hiera_t|s|b+|l or a YAML in configs/sam2/."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Proposer setting KEY=VALUE (repeatable)."),
+    min_confidence: Optional[float] = typer.Option(None, help="Below this confidence a defect is reported as 'uncertain'."),
+    keep_background: bool = typer.Option(False, help="Also report proposals classified as background."),
+    min_area: int = typer.Option(10, help="Drop regions smaller than this many pixels."),
+    coco: bool = typer.Option(False, "--coco", help="Also write coco.json for the whole run."),
+    overlays: bool = typer.Option(True, help="Write an overlay PNG per image."),
+    resume: bool = typer.Option(False, help="Keep images whose results already exist in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Find and classify the defects on images: per-image JSON and overlay, summary.csv, errors.jsonl."""
+    from collections import Counter
+
+    from defectkit.classify import ClassifyOptions, classify_images
+    from defectkit.pipeline import DefectClassifier
+    from defectkit.propose import build_proposer, parse_options
+
+    try:
+        chosen = build_proposer(proposer, sam2_checkpoint, sam2_config, options=parse_options(option))
+        classifier = DefectClassifier.load(model, chosen, min_area=min_area, min_confidence=min_confidence, keep_background=keep_background)
+        report, rows = classify_images(inputs, out, classifier, ClassifyOptions(coco=coco, overlays=overlays, resume=resume), progress=not quiet)
+    except (DefectkitError, ValueError) as exc:
+        _fail(exc)
+    per_image = Counter(r["image"] for r in rows)
+    for image, count in sorted(per_image.items()):
+        found = Counter(r["subtype"] for r in rows if r["image"] == image)
+        typer.echo(f"{image}: " + ", ".join(f"{n} {s}" for s, n in sorted(found.items())))
+    rate = report.done / report.seconds if report.seconds else 0.0
+    typer.echo(f"proposer: {chosen.describe().get('name')}; {report.done} image(s) classified ({rate:.1f} img/s), "
+               f"{len(per_image)} with defects, {len(rows)} defect(s), {report.skipped} kept from before, "
+               f"{len(report.failed)} failed; results in {out}")
+    if report.failed:
+        console.print(f"failed images are listed in {report.errors_path}", markup=False)
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover

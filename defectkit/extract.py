@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -14,11 +15,11 @@ from tqdm import tqdm
 from defectkit.crops import CropSpec, crop_region
 from defectkit.data import Annotation, Sample, read_dataset
 from defectkit.data.background import ShapePool, sample_background_regions
-from defectkit.data.manifest import MANIFEST, write_manifest
+from defectkit.data.manifest import MANIFEST, SETTINGS, write_manifest
 from defectkit.defect import Defect
 from defectkit.errors import InputError, TaxonomyError
 from defectkit.geometry import Region, connected_regions, describe
-from defectkit.images import write_png
+from defectkit.images import atomic_write_text, write_png
 from defectkit.taxonomy import BACKGROUND, Taxonomy
 
 
@@ -31,6 +32,7 @@ class ExtractOptions:
     crop: CropSpec = CropSpec()
     background_per_image: int = 2
     background_in_defect_images: int = 0
+    negatives_from: str | None = None  # a proposer whose proposals off every defect become background
     seed: int = 0
 
 
@@ -54,6 +56,11 @@ class _Extractor:
         self.records: list[dict] = []
         self.per_image: Counter = Counter()
         self.summary = ExtractSummary(out)
+        self.negatives = None
+        if options.negatives_from:
+            from defectkit.propose import create_proposer
+
+            self.negatives = create_proposer(options.negatives_from)
 
     def run(self, progress: bool) -> ExtractSummary:
         samples = list(read_dataset(self.src, self.options.format, self.options.mask_threshold))
@@ -72,12 +79,15 @@ class _Extractor:
             try:
                 image, _ = sample.load()
                 self._background(sample, image, self.options.background_per_image, avoid=None)
+                self._hard_negatives(sample, image, np.zeros(image.shape[:2], dtype=bool))
             except InputError as exc:
                 self.summary.skipped.append((str(sample.image_path), _reason(exc, sample.image_path)))
             bar.update()
         bar.close()
         self.summary.images = len(samples)
         write_manifest(self.out / MANIFEST, self.records)
+        settings = {**asdict(self.options), "source": str(self.src)}
+        atomic_write_text(self.out / SETTINGS, json.dumps(settings, indent=2) + "\n")
         return self.summary
 
     def _is_defect_free(self, sample: Sample) -> bool:
@@ -119,6 +129,23 @@ class _Extractor:
         if self.options.background_in_defect_images and not sample.is_crop:
             keep_clear = cv2.dilate(union.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
             self._background(sample, image, self.options.background_in_defect_images, avoid=keep_clear)
+        if not sample.is_crop:
+            self._hard_negatives(sample, image, union)
+
+    def _hard_negatives(self, sample: Sample, image: np.ndarray, defects: np.ndarray) -> None:
+        """Proposals of ``negatives_from`` that touch no real defect: background crops of exactly
+        the kind that proposer gets wrong, so the classifier learns to reject them."""
+        if self.negatives is None:
+            return
+        for mask in self.negatives.propose(image, image_path=str(sample.image_path)):
+            for region in connected_regions(mask, self.options.min_area):
+                window = defects[region.y : region.y + region.h, region.x : region.x + region.w]
+                if (window & region.mask).any():
+                    continue
+                defect = describe(region, image, str(sample.image_path), self.options.polygon_tolerance)
+                defect.label = sample.label
+                defect.category = defect.subtype = BACKGROUND
+                self._save(sample, image, defect, origin="negative")
 
     def _regions(self, ann: Annotation, image: np.ndarray, is_crop: bool) -> list[Region]:
         if ann.polygon is not None:

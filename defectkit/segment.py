@@ -8,16 +8,14 @@ defect) and ``errors.jsonl`` (images that failed).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from defectkit.batch import BatchReport, expand_inputs, output_names, run_batch
+from defectkit.batch import BatchReport, write_results
 from defectkit.defect import Defect
-from defectkit.errors import DefectkitError
-from defectkit.export import CocoWriter, csv_rows, defects_from_record, image_record, write_csv, write_json, write_overlay
+from defectkit.export import CocoWriter, image_record
 from defectkit.geometry import defects_from_mask
 from defectkit.propose.base import Proposer
 
@@ -45,38 +43,12 @@ def polygonize(proposer: Proposer, image: np.ndarray, image_path: str | Path = "
 
 
 def segment(inputs: list[str | Path], out: str | Path, proposer: Proposer, options: SegmentOptions = SegmentOptions(), progress: bool = True) -> BatchReport:
-    out = Path(out)
-    paths = expand_inputs(inputs)
-    clash = next((p for p, name in output_names(paths).items() if (out / f"{name}.png").resolve() == p.resolve()), None)
-    if clash is not None:
-        raise DefectkitError(f"{clash} would be overwritten by its own overlay: choose an --out folder apart from the inputs")
-    coco = CocoWriter()
-    rows: list[dict] = []
     description = proposer.describe()
 
-    def process(path: Path, name: str, image: np.ndarray) -> None:
+    def analyse(path: Path, image: np.ndarray) -> tuple[dict, list[Defect]]:
         defects = polygonize(proposer, image, path, options.min_area, options.polygon_tolerance)
-        size = (image.shape[1], image.shape[0])
-        write_json(out / f"{name}.json", image_record(path, size, defects, proposer=description))
-        if options.overlays:
-            write_overlay(out / f"{name}.png", image, defects)
-        coco.add(path, size, defects)
-        rows.extend(csv_rows(defects))
+        return image_record(path, (image.shape[1], image.shape[0]), defects, proposer=description), defects
 
-    def done(path: Path, name: str) -> bool:
-        result = out / f"{name}.json"
-        if not (options.resume and result.is_file()):
-            return False
-        try:
-            record = json.loads(result.read_text())
-            defects = defects_from_record(record)
-        except (ValueError, KeyError, TypeError):
-            return False  # unreadable earlier result: do the image again
-        coco.add(record["image"], tuple(record["size"]), defects)
-        rows.extend(csv_rows(defects))
-        return True
-
-    report = run_batch(paths, out, process, done=done, progress=progress, desc="segment")
-    coco.write(out / COCO_FILE)
-    write_csv(out / CSV_FILE, rows)
+    report, _ = write_results(inputs, out, analyse, CocoWriter(), overlays=options.overlays, resume=options.resume,
+                              csv_file=CSV_FILE, coco_file=COCO_FILE, desc="segment", progress=progress)
     return report

@@ -31,29 +31,41 @@ def write(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def make_crop_dataset(root: Path, per_class: int = 12, size: int = 48, seed: int = 0) -> Path:
-    """A tiny crop data set (manifest.jsonl + crops + masks) of three subtypes that differ in shape:
-    dark discs (blowhole), dark lines (crack) and faint irregular patches (background)."""
+def make_defect_crops(root: Path, per_subtype: int = 12, size: int = 48, seed: int = 0) -> Path:
+    """A small crop data set in the magnetic-tile taxonomy whose subtypes differ in shape, texture and
+    position: blowholes are dark discs, uneven patches mottled blobs (surface); cracks thin dark lines,
+    frays jagged dark bands along the border (structural); background faint ellipses. Two crops per
+    source image, so grouped cross-validation has something to group."""
     from defectkit.data.manifest import write_manifest
     from defectkit.geometry import Region, describe
 
     rng = np.random.default_rng(seed)
     records = []
-    for subtype, category in (("blowhole", "surface"), ("crack", "structural"), ("background", "background")):
-        for i in range(per_class):
+    kinds = (("blowhole", "surface"), ("uneven", "surface"), ("crack", "structural"), ("fray", "structural"), ("background", "background"))
+    for subtype, category in kinds:
+        for i in range(per_subtype):
             crop = textured(size, size, seed=int(rng.integers(1 << 30)))
             mask = np.zeros((size, size), np.uint8)
             c = size // 2 + int(rng.integers(-3, 4))
             if subtype == "blowhole":
-                cv2.circle(mask, (c, c), int(rng.integers(size // 8, size // 4)), 1, -1)
+                cv2.circle(mask, (c, c), int(rng.integers(size // 10, size // 6)), 1, -1)
+            elif subtype == "uneven":
+                cv2.ellipse(mask, (c, c), (size // 3, size // 4), float(rng.uniform(0, 180)), 0, 360, 1, -1)
             elif subtype == "crack":
                 angle = rng.uniform(0, np.pi)
                 dx, dy = int(size * 0.4 * np.cos(angle)), int(size * 0.4 * np.sin(angle))
-                cv2.line(mask, (c - dx, c - dy), (c + dx, c + dy), 1, 2)
+                cv2.line(mask, (c - dx, c - dy), (c + dx, c + dy), 1, 1)
+            elif subtype == "fray":
+                depth = rng.integers(3, 9, size=9)
+                points = [(int(x), int(d)) for x, d in zip(np.linspace(0, size - 1, 9), depth)]
+                cv2.fillPoly(mask, [np.array([(0, 0), *points, (size - 1, 0)], np.int32)], 1)
             else:
                 cv2.ellipse(mask, (c, c), (size // 5, size // 8), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-            shade = 135 if subtype == "background" else 60
-            crop[mask > 0] = shade
+            inside = mask > 0
+            if subtype == "uneven":
+                crop[inside] = np.clip(rng.normal(150, 45, (int(inside.sum()), 1)), 0, 255).astype(np.uint8)
+            else:
+                crop[inside] = {"background": 138, "blowhole": 50, "crack": 60, "fray": 40}[subtype]
             name = f"{subtype}_{i}"
             write(root / "crops" / f"{name}.png", crop)
             write(root / "crops" / f"{name}_mask.png", mask * 255)

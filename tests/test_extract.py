@@ -245,3 +245,22 @@ def test_manifest_pointing_to_missing_crop(tmp_path):
     Path(records[0]["crop_path"]).unlink()
     with pytest.raises(DefectkitError, match="missing on disk"):
         read_manifest(tmp_path / "out")
+
+
+def test_hard_negatives_are_proposals_that_touch_no_defect(tmp_path):
+    src = generated_masks_dataset(tmp_path / "src")
+    image = textured(seed=3)
+    image[90:100, 10:40] = 40  # a dark scratch-like mark on the defect-free image, not annotated
+    write(src / "MT_Free" / "c.jpg", image)
+    run(src, tmp_path / "out", background_per_image=0, negatives_from="classical")
+    records = read_manifest(tmp_path / "out")
+    negatives = [r for r in records if r["origin"] == "negative"]
+    assert negatives and all(r["category"] == "background" for r in negatives)
+    on_free = [r for r in negatives if r["image"].endswith("c.jpg")]
+    assert any(r["bbox"][1] >= 85 and r["bbox"][0] <= 40 for r in on_free)  # the mark was proposed and kept
+    pore = read_mask(src / "MT_Blowhole" / "a.png")
+    for r in negatives:
+        if r["image"].endswith("a.jpg"):
+            region = np.zeros(pore.shape, np.uint8)
+            cv2.fillPoly(region, [np.array(r["polygon"], np.int32)], 1)
+            assert not (region.astype(bool) & pore).any()

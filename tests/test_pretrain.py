@@ -8,14 +8,14 @@ from safetensors.torch import load_file
 from defectkit.embed import Embedder
 from defectkit.errors import DefectkitError
 from defectkit.pretrain import Augment, PretrainConfig, pretrain
-from tests.conftest import make_crop_dataset
+from tests.conftest import make_defect_crops
 
 TINY = dict(backbone="resnet10t", image_size=32, batch_size=12, epochs=2, lr=1e-3)
 
 
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory):
-    return make_crop_dataset(tmp_path_factory.mktemp("crops"), per_class=6, size=48)
+    return make_defect_crops(tmp_path_factory.mktemp("crops"), per_subtype=4, size=48)
 
 
 @pytest.mark.parametrize("method", ["simclr", "supcon"])
@@ -26,7 +26,7 @@ def test_pretrain_saves_a_backbone_the_embedder_loads(crops, tmp_path, method):
     assert summary["final_loss"] > 0  # SupCon with class-balanced batches never collapses to 0
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["backbone"] == "resnet10t" and sidecar["image_size"] == 32 and sidecar["method"] == method
-    assert sidecar["data"]["crops"] == 18
+    assert sidecar["data"]["crops"] == 20
     assert not out.with_suffix(".state.pt").exists()
     embedder = Embedder(weights=out)  # name and size come from the JSON beside the weights
     assert embedder.backbone == "resnet10t" and embedder.image_size == 32

@@ -108,6 +108,34 @@ def test_classical_finds_a_dark_pore_and_a_thin_crack_on_a_textured_surface():
         proposer.predict(Prompts(boxes=[[0, 0, 5, 5]]))
 
 
+def chipped_part(notch_centre=None, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """A bright ground part on a dark background (RGB uint8) and the boolean mask of the chunk
+    chipped out of its border by an elliptic notch centred at ``notch_centre`` (x, y)."""
+    rng = np.random.default_rng(seed)
+    height, width = 240, 320
+    part = np.zeros((height, width), dtype=bool)
+    part[30:210, 60:290] = True
+    chunk = np.zeros((height, width), dtype=np.uint8)
+    if notch_centre is not None:
+        cv2.ellipse(chunk, notch_centre, (16, 24), 0, 0, 360, 1, -1)
+    chunk = chunk.astype(bool) & part
+    streaks = cv2.GaussianBlur(rng.normal(0, 10, (1, width)).astype(np.float32), (0, 0), 1.0)
+    gray = np.where(part & ~chunk, 150 + streaks, 30) + rng.normal(0, 4, (height, width))
+    gray = np.clip(gray, 0, 255).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2), chunk
+
+
+def test_classical_border_deviation_finds_a_chunk_chipped_out_of_the_part_border():
+    only_edge = dict(dark_threshold=1e9, large_polarity="off", smooth_threshold=None, band_threshold=None)
+    for centre in ((60, 120), (180, 210)):  # a notch in the left border, one in the bottom border
+        image, chunk = chipped_part(centre)
+        masks = create_proposer("classical", **only_edge).propose(image)
+        assert max((iou(m, chunk) for m in masks), default=0) >= 0.5, centre
+        assert max(iou(m, chunk) for m in create_proposer("classical").propose(image)) >= 0.5
+    intact, _ = chipped_part(None)
+    assert create_proposer("classical", **only_edge).propose(intact) == []  # a straight border is no defect
+
+
 def test_given_proposes_the_regions_of_the_mask_beside_the_image():
     image_path = SAMPLE / "MT_Break" / "Imgs" / "exp1_num_116934.jpg"
     from defectkit.geometry import connected_regions

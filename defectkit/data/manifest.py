@@ -10,6 +10,7 @@ from defectkit.errors import DefectkitError
 from defectkit.images import atomic_write_text
 
 MANIFEST = "manifest.jsonl"
+SETTINGS = "extract.json"  # how the crops were made, beside the manifest
 
 
 def write_manifest(path: str | Path, records: Iterable[dict]) -> Path:
@@ -48,3 +49,16 @@ def read_manifest(path: str | Path, check_files: bool = True) -> list[dict]:
             shown = ", ".join(str(m) for m in missing[:5])
             raise DefectkitError(f"{path}: {len(missing)} crop(s) listed but missing on disk, e.g. {shown}")
     return records
+
+
+def crop_settings(dataset: str | Path) -> dict:
+    """How a crop data set's crops were cut (``CropSpec`` fields), from ``extract.json`` beside its
+    manifest; {} when unknown (crops made elsewhere), meaning the defaults."""
+    path = Path(dataset)
+    settings = (path if path.is_dir() else path.parent) / SETTINGS
+    if not settings.is_file():
+        return {}
+    try:
+        return dict(json.loads(settings.read_text()).get("crop", {}))
+    except (ValueError, AttributeError) as exc:
+        raise DefectkitError(f"{settings}: not valid JSON ({exc})") from exc

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from defectkit.data.manifest import read_manifest, write_manifest
+from defectkit.data.manifest import SETTINGS, read_manifest, write_manifest
 from defectkit.errors import DefectkitError
 from defectkit.taxonomy import BACKGROUND
 
@@ -53,4 +54,8 @@ def split_dataset(dataset: str | Path, out: str | Path, test_size: float = 0.3, 
     out = Path(out)
     write_manifest(out / "train" / "manifest.jsonl", train)
     write_manifest(out / "test" / "manifest.jsonl", test)
+    settings = Path(dataset) / SETTINGS if Path(dataset).is_dir() else Path(dataset).parent / SETTINGS
+    if settings.is_file():  # the parts were cut as their parent was
+        for part in ("train", "test"):
+            shutil.copyfile(settings, out / part / SETTINGS)
     return {"train": train, "test": test}

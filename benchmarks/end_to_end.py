@@ -1,0 +1,151 @@
+"""End-to-end quality on real images: classify the held-out magnetic-tile images of a grouped split
+and match the defects found to the ground-truth regions (IoU >= 0.3; thin cracks are narrow).
+
+Prints, side by side: the `given` proposer (ground-truth regions: classification errors only), the
+`classical` proposer, and the classical proposer with a model trained with its hard negatives.
+
+    .venv/bin/python benchmarks/end_to_end.py [--src ../shared/datasets/magnetic-tile] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from defectkit.classifier import ClassifierConfig
+
+from defectkit.data.manifest import read_manifest, write_manifest
+from defectkit.data.split import split_records
+from defectkit.defect import Defect
+from defectkit.export import defect_mask
+from defectkit.extract import ExtractOptions, extract
+from defectkit.pipeline import DefectClassifier
+from defectkit.propose import create_proposer
+from defectkit.taxonomy import BACKGROUND, Taxonomy
+from defectkit.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+IOU = 0.3
+
+
+def match(predicted: list[np.ndarray], truth: list[np.ndarray]) -> list[tuple[int, int]]:
+    """One-to-one pairs (prediction, truth) with IoU >= IOU, best first."""
+    pairs = []
+    for i, p in enumerate(predicted):
+        for j, t in enumerate(truth):
+            inter = np.logical_and(p, t).sum()
+            if inter:
+                iou = inter / np.logical_or(p, t).sum()
+                if iou >= IOU:
+                    pairs.append((iou, i, j))
+    used_p, used_t, out = set(), set(), []
+    for _, i, j in sorted(pairs, reverse=True):
+        if i not in used_p and j not in used_t:
+            used_p.add(i), used_t.add(j), out.append((i, j))
+    return out
+
+
+def score(classifier: DefectClassifier, images: dict[str, list[dict]], subtypes: list[str]) -> dict:
+    counts = defaultdict(Counter)  # subtype -> tp, predicted, truth
+    image_right = 0
+    false_alarms = []
+    start = time.perf_counter()
+    for image, truths in images.items():
+        result = classifier.classify(image)
+        shape = (result.size[1], result.size[0])
+        predicted = [d for d in result.defects if d.category != BACKGROUND]
+        truth_masks = [defect_mask(Defect.from_dict(t)) for t in truths]
+        pairs = match([d.region.full_mask(shape) for d in predicted], truth_masks)
+        for i, j in pairs:
+            if predicted[i].subtype == truths[j]["subtype"]:
+                counts[truths[j]["subtype"]]["tp"] += 1
+        for d in predicted:
+            counts[d.subtype]["predicted"] += 1
+        for t in truths:
+            counts[t["subtype"]]["truth"] += 1
+        if truths:
+            image_right += any(d.subtype == truths[0]["subtype"] for d in predicted)
+        else:
+            false_alarms.append(len(predicted))
+            image_right += not predicted
+    seconds = time.perf_counter() - start
+    per_class = {}
+    for s in (s for s in subtypes if counts[s]["truth"]):
+        c = counts[s]
+        precision = c["tp"] / c["predicted"] if c["predicted"] else 0.0
+        recall = c["tp"] / c["truth"] if c["truth"] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[s] = (precision, recall, f1, c["truth"])
+    return {
+        "per_class": per_class,
+        "macro_f1": float(np.mean([v[2] for v in per_class.values()])),
+        "image_accuracy": image_right / len(images),
+        "fp_per_free_image": float(np.mean(false_alarms)) if false_alarms else 0.0,
+        "images_per_second": len(images) / seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "datasets" / "magnetic-tile")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/defectkit-bench/end-to-end"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=0, help="Score only this many test images (0: all).")
+    args = parser.parse_args()
+    taxonomy = Taxonomy.load(ROOT / "configs" / "taxonomy" / "magnetic-tile.yaml")
+    work = args.work
+    started = time.perf_counter()
+
+    plain = work / "crops"
+    extract(args.src, plain, taxonomy, ExtractOptions(), progress=False)
+    records = read_manifest(plain)
+    train_part, test_part = split_records(records, 0.3, args.seed)
+    train_images = {r["image"] for r in train_part}
+    test_images: dict[str, list[dict]] = defaultdict(list)
+    for r in test_part:
+        test_images[r["image"]] += [r] if r["category"] != BACKGROUND else []
+    if args.limit:  # every k-th image, so that each class keeps its share
+        ordered = sorted(test_images.items())
+        test_images = dict(ordered[:: max(1, len(ordered) // args.limit)][: args.limit])
+    write_manifest(work / "train" / "manifest.jsonl", train_part)
+    (work / "train" / "extract.json").write_bytes((plain / "extract.json").read_bytes())
+
+    negatives = work / "crops-negatives"
+    extract(args.src, negatives, taxonomy, ExtractOptions(negatives_from="classical"), progress=False)
+    with_negatives = [r for r in read_manifest(negatives) if r["image"] in train_images]
+    write_manifest(work / "train-negatives" / "manifest.jsonl", with_negatives)
+    (work / "train-negatives" / "extract.json").write_bytes((plain / "extract.json").read_bytes())
+
+    config = ClassifierConfig(seed=args.seed)
+    train(work / "train", taxonomy, work / "model", config, cv=0, progress=False)
+    train(work / "train-negatives", taxonomy, work / "model-negatives", config, cv=0, progress=False)
+
+    subtypes = [s for s in taxonomy.subtypes if s != BACKGROUND]
+    runs = {
+        "given (GT regions)": DefectClassifier.load(work / "model", create_proposer("given")),
+        "classical": DefectClassifier.load(work / "model", create_proposer("classical")),
+        "classical + hard negatives": DefectClassifier.load(work / "model-negatives", create_proposer("classical")),
+    }
+    results = {name: score(clf, test_images, subtypes) for name, clf in runs.items()}
+
+    n_free = sum(1 for t in test_images.values() if not t)
+    print(f"split seed {args.seed}: {len(test_images)} held-out images ({len(test_images) - n_free} defective, {n_free} defect-free); "
+          f"{len(train_part)} training crops, {sum(r['origin'] == 'negative' for r in with_negatives)} hard negatives added")
+    print(f"matching: IoU >= {IOU}; backbone weights: {config.weights}")
+    header = f"{'':<28}" + "".join(f"{name:>28}" for name in results)
+    print(header)
+    for s in next(iter(results.values()))["per_class"]:
+        cells = "".join(f"{'P %.2f R %.2f F1 %.2f' % r['per_class'][s][:3]:>28}" for r in results.values())
+        print(f"{s + ' (n=%d)' % next(iter(results.values()))['per_class'][s][3]:<28}{cells}")
+    for key, label in (("macro_f1", "subtype macro-F1"), ("image_accuracy", "image-level accuracy"),
+                       ("fp_per_free_image", "false positives / free image"), ("images_per_second", "images / s")):
+        print(f"{label:<28}" + "".join(f"{r[key]:>28.2f}" for r in results.values()))
+    print(f"wall time {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""What defines a classifier before it is trained: backbone, features, ensemble; and the builders.
+
+The model is a scikit-learn Pipeline: PCA on the embedding columns (fitted on training data only),
+then the two-level :class:`~defectkit.ensemble.Hierarchy` of :class:`~defectkit.ensemble.StackedEnsemble`
+(or, for comparison, one flat stack over all subtypes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sklearn.pipeline import Pipeline
+
+from defectkit.ensemble import Hierarchy, StackedEnsemble, default_estimators
+from defectkit.features import EmbeddingPCA, FeatureSpec
+from defectkit.taxonomy import Taxonomy
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Choices for training; every one has a default that works on a 2-core CPU.
+
+    backbone / weights / image_size / mask_mode: see :class:`defectkit.embed.Embedder` (None: the
+    defaults, or what the weights file's JSON says). texture: add LBP/GLCM/HOG features. pca: embedding
+    components kept (None or 0: the whole embedding). passthrough_geometry: the meta-learner also sees
+    the geometry features. rejection_threshold: below it a defect is ``uncertain``.
+    """
+
+    backbone: str | None = None
+    weights: str | None = "default"
+    image_size: int | None = None
+    mask_mode: str | None = None
+    embedding: bool = True
+    texture: bool = False
+    pca: int | None = 32
+    passthrough_geometry: bool = False
+    rejection_threshold: float | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["weights"] = str(self.weights) if self.weights is not None else None
+        return data
+
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec(texture=self.texture, embedding=self.embedding)
+
+    def embedder(self, progress: bool = False):
+        if not self.embedding:
+            return None
+        from defectkit.embed import Embedder
+
+        weights = Path(self.weights) if self.weights not in (None, "default", "random", "hub") else self.weights
+        return Embedder(self.backbone, weights, self.image_size, self.mask_mode, seed=self.seed)
+
+    def stack(self, spec: FeatureSpec, estimators=None) -> StackedEnsemble:
+        return StackedEnsemble(
+            estimators=default_estimators(self.seed) if estimators is None else estimators,
+            passthrough=len(spec.geometry) if self.passthrough_geometry else 0,
+            random_state=self.seed,
+        )
+
+    def model(self, taxonomy: Taxonomy, spec: FeatureSpec, flat: bool = False) -> Pipeline:
+        """The unfitted model: hierarchy of stacks (or one flat stack), after embedding PCA."""
+        head = self.stack(spec) if flat else Hierarchy(
+            taxonomy={c: list(s) for c, s in taxonomy.categories.items()},
+            estimator=self.stack(spec),
+            rejection_threshold=self.rejection_threshold,
+        )
+        steps = []
+        if spec.embedding and self.pca:
+            steps.append(("reduce", EmbeddingPCA(start=spec.n_tabular, n_components=self.pca, random_state=self.seed)))
+        steps.append(("classify", head))
+        return Pipeline(steps)
+
+
+def split_head(model: Pipeline, X):
+    """The model's last step and X transformed by the steps before it."""
+    return model[-1], (model[:-1].transform(X) if len(model) > 1 else X)
+
+
+def decide(model: Pipeline, X):
+    """(category, subtype, confidence, category probabilities, subtype probabilities) for rows of X."""
+    head, Xt = split_head(model, X)
+    if isinstance(head, Hierarchy):
+        category, subtype, confidence = head.decide(Xt)
+        return category, subtype, confidence, head.predict_category_proba(Xt), head.predict_proba(Xt)
+    proba = head.predict_proba(Xt)
+    best = proba.argmax(axis=1)
+    return None, head.classes_[best], proba.max(axis=1), None, proba

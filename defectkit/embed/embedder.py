@@ -1,0 +1,132 @@
+"""Crops -> embedding vectors with a timm backbone: built once, then cheap batched calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from defectkit.embed.backbone import DEFAULT_BACKBONE, build_backbone, resolve_weights, sidecar, weights_sha256
+from defectkit.embed.cache import EmbeddingCache, content_key
+from defectkit.errors import DefectkitError
+from defectkit.images import read_image, read_mask
+
+DEFAULT_IMAGE_SIZE = 96
+# How the region's mask reaches the backbone:
+#   none    - the crop as it is, the mask unused;
+#   channel - gray crop in the first two channels, the mask in the third;
+#   dim     - the crop with everything outside the (slightly grown) region at half brightness.
+MASK_MODES = ("none", "channel", "dim")
+DEFAULT_MASK_MODE = "none"
+
+
+class Embedder:
+    """A timm backbone (any name ``timm.create_model`` accepts) that turns crops into vectors.
+
+    ``weights``: ``"default"`` (the project checkpoint if present, else random with a warning), a
+    file path, ``"hub"`` (timm's pretrained weights) or ``"random"``. Preprocessing follows the
+    model's ``timm.data.resolve_data_config`` (mean, std), at ``image_size`` pixels.
+    """
+
+    def __init__(
+        self,
+        backbone: str | None = None,
+        weights: str | Path | None = "default",
+        image_size: int | None = None,
+        mask_mode: str | None = None,
+        batch_size: int = 64,
+        device: str | None = None,
+        seed: int = 0,
+    ):
+        from timm.data import resolve_data_config
+
+        resolved = resolve_weights(weights)
+        hints = {} if resolved in ("random", "hub") else sidecar(resolved)
+        self.backbone = backbone or hints.get("backbone") or hints.get("model") or DEFAULT_BACKBONE
+        self.image_size = int(image_size or hints.get("image_size") or DEFAULT_IMAGE_SIZE)
+        self.mask_mode = mask_mode or hints.get("mask_mode") or DEFAULT_MASK_MODE
+        if self.mask_mode not in MASK_MODES:
+            raise DefectkitError(f"mask_mode must be one of {', '.join(MASK_MODES)}, got {self.mask_mode!r}")
+        if self.image_size < 16:
+            raise DefectkitError(f"image_size must be at least 16 px, got {self.image_size}")
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.source = build_backbone(self.backbone, weights, seed)
+        self.model.to(self.device)
+        config = resolve_data_config(model=self.model)
+        self.mean = np.asarray(config["mean"], dtype=np.float32) * 255.0
+        self.std = np.asarray(config["std"], dtype=np.float32) * 255.0
+        self.weights_sha256 = weights_sha256(self.model)
+        self.dim = int(self._forward(np.zeros((1, 3, self.image_size, self.image_size), np.float32)).shape[1])
+
+    @property
+    def identity(self) -> dict:
+        """What determines the vectors: equal identities give equal embeddings for equal crops."""
+        return {
+            "backbone": self.backbone,
+            "weights_sha256": self.weights_sha256,
+            "image_size": self.image_size,
+            "mask_mode": self.mask_mode,
+        }
+
+    def prepare(self, crop: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """One uint8 RGB crop (+ its mask) -> a normalised (3, S, S) float32 array."""
+        size = self.image_size
+        interpolation = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_CUBIC
+        image = cv2.resize(crop, (size, size), interpolation=interpolation).astype(np.float32)
+        if self.mask_mode != "none":
+            if mask is None:
+                mask = np.ones(crop.shape[:2], dtype=bool)
+            region = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+            if self.mask_mode == "channel":
+                gray = image.mean(axis=2)
+                image = np.stack([gray, gray, region.astype(np.float32) * 255.0], axis=2)
+            else:
+                grown = cv2.dilate(region, np.ones((5, 5), np.uint8)).astype(bool)
+                image[~grown] *= 0.5
+        return ((image - self.mean) / self.std).transpose(2, 0, 1)
+
+    def embed(self, crops: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
+        """Embed in-memory crops (uint8 RGB) and their boolean masks; returns (n, dim) float32."""
+        masks = masks if masks is not None else [None] * len(crops)
+        out = [np.zeros((0, self.dim), np.float32)]
+        for start in range(0, len(crops), self.batch_size):
+            batch = np.stack([self.prepare(c, m) for c, m in zip(crops[start : start + self.batch_size], masks[start : start + self.batch_size])])
+            out.append(self._forward(batch))
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        features = self.model(torch.from_numpy(batch).to(self.device))
+        return features.float().cpu().numpy()
+
+    def embed_records(
+        self,
+        records: Sequence[dict],
+        cache: EmbeddingCache | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Embed the crops of manifest records (``crop_path``, optional ``mask_path``), using the cache."""
+        keys = [content_key(r["crop_path"], r.get("mask_path")) for r in records]
+        known = cache.load(self.identity) if cache is not None else {}
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.items(), key=lambda item: item[1])
+        new_keys, new_vectors = [], []
+        bar = tqdm(total=len(todo), desc="embed", unit="crop", disable=not progress or not todo)
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            crops = [read_image(records[i]["crop_path"]) for _, i in chunk]
+            masks = [read_mask(records[i]["mask_path"]) if records[i].get("mask_path") else None for _, i in chunk]
+            new_vectors.append(self.embed(crops, masks))
+            new_keys.extend(k for k, _ in chunk)
+            bar.update(len(chunk))
+        bar.close()
+        if new_keys:
+            vectors = np.concatenate(new_vectors)
+            known.update(zip(new_keys, vectors))
+            if cache is not None:
+                cache.save(self.identity, new_keys, vectors)
+        return np.stack([known[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, self.dim), np.float32)

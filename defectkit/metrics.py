@@ -1,0 +1,70 @@
+"""The figures a classifier is judged by, at both levels, in the report's JSON form."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from defectkit.taxonomy import BACKGROUND, Taxonomy
+
+UNCERTAIN = "uncertain"
+
+
+def category_of(taxonomy: Taxonomy, subtypes) -> np.ndarray:
+    parents = {s: c for c, subs in taxonomy.categories.items() for s in subs}
+    return np.array([parents.get(str(s), UNCERTAIN) for s in subtypes], dtype=object)
+
+
+def report(taxonomy: Taxonomy, true_subtypes, predicted_subtypes, predicted_categories=None) -> dict:
+    """Accuracy and macro-F1 per level, per-subtype precision/recall/F1, detection rates, confusions.
+
+    ``subtype.macro_f1`` averages the defect subtypes only (background excluded, as in the project's
+    targets); ``subtype.macro_f1_all`` includes background. ``category.macro_f1`` averages all
+    categories, background included. A prediction of ``uncertain`` counts as wrong.
+    """
+    true_sub = np.asarray(true_subtypes, dtype=object).astype(str)
+    pred_sub = np.asarray(predicted_subtypes, dtype=object).astype(str)
+    true_cat = category_of(taxonomy, true_sub).astype(str)
+    pred_cat = (category_of(taxonomy, pred_sub) if predicted_categories is None else np.asarray(predicted_categories, dtype=object)).astype(str)
+    subtypes = [s for s in taxonomy.subtypes if s in set(true_sub)]
+    defects = [s for s in subtypes if s != BACKGROUND]
+    categories = [c for c in taxonomy.categories if c in set(true_cat)]
+    precision, recall, f1, support = precision_recall_fscore_support(true_sub, pred_sub, labels=subtypes, zero_division=0)
+    is_defect = true_cat != BACKGROUND
+    called_defect = (pred_cat != BACKGROUND) & (pred_cat != UNCERTAIN)
+    return {
+        "n": int(len(true_sub)),
+        "category": {
+            "accuracy": _round(accuracy_score(true_cat, pred_cat)),
+            "macro_f1": _round(f1_score(true_cat, pred_cat, labels=categories, average="macro", zero_division=0)),
+        },
+        "subtype": {
+            "accuracy": _round(accuracy_score(true_sub, pred_sub)),
+            "macro_f1": _round(f1_score(true_sub, pred_sub, labels=defects or subtypes, average="macro", zero_division=0)),
+            "macro_f1_all": _round(f1_score(true_sub, pred_sub, labels=subtypes, average="macro", zero_division=0)),
+            "per_class": {
+                s: {"precision": _round(p), "recall": _round(r), "f1": _round(f), "support": int(n)}
+                for s, p, r, f, n in zip(subtypes, precision, recall, f1, support)
+            },
+        },
+        "detection": {
+            "defect_recall": _round(called_defect[is_defect].mean()) if is_defect.any() else None,
+            "background_false_alarm": _round(called_defect[~is_defect].mean()) if (~is_defect).any() else None,
+        },
+        "uncertain": int((pred_sub == UNCERTAIN).sum()),
+        "confusion": {
+            "rows": "true", "columns": "predicted",
+            "category": _confusion(true_cat, pred_cat, categories),
+            "subtype": _confusion(true_sub, pred_sub, subtypes),
+        },
+    }
+
+
+def _confusion(true, predicted, labels: list[str]) -> dict:
+    columns = labels + sorted(set(predicted) - set(labels))  # 'uncertain' (or an unseen class) last
+    matrix = confusion_matrix(true, predicted, labels=columns)[: len(labels)]
+    return {"labels": labels, "predicted_labels": columns, "matrix": matrix.tolist()}
+
+
+def _round(value) -> float:
+    return round(float(value), 4)

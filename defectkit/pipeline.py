@@ -1,0 +1,116 @@
+"""`DefectClassifier`: the one object an inspection script needs. Image in, classified defects out.
+
+    clf = DefectClassifier.load("models/magnetic-tile")
+    for result in clf.classify_batch(paths):   # streams, one image at a time
+        for d in result.defects:
+            print(d.subtype, d.confidence, d.area, d.edges)
+
+Per image: propose masks, split them into regions and polygonize them, crop each region exactly as
+`extract` cropped the training data, embed the crops, and let the bundle's hierarchy decide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from defectkit.bundle import Bundle, load_bundle
+from defectkit.classifier import decide
+from defectkit.crops import CropSpec, crop_region
+from defectkit.defect import Defect
+from defectkit.export import image_record, overlay
+from defectkit.features import crop_features
+from defectkit.images import read_image
+from defectkit.propose import build_proposer
+from defectkit.propose.base import Proposer
+from defectkit.segment import polygonize
+from defectkit.taxonomy import BACKGROUND
+
+UNCERTAIN = "uncertain"
+
+
+@dataclass
+class Result:
+    """One image's classified defects (background proposals dropped unless asked to keep them)."""
+
+    image: str
+    size: tuple[int, int]  # (width, height)
+    defects: list[Defect]
+    proposer: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    proposals: int = 0  # regions proposed, before background was dropped
+    error: str | None = None  # set by classify_batch when this image could not be processed
+
+    def to_json(self) -> dict:
+        return image_record(self.image, self.size, self.defects, proposer=self.proposer, model=self.model, proposals=self.proposals)
+
+    def overlay(self, image: np.ndarray | None = None) -> np.ndarray:
+        """The image with the defects drawn on it (RGB uint8)."""
+        return overlay(read_image(self.image) if image is None else image, self.defects)
+
+
+class DefectClassifier:
+    """A loaded model bundle plus a proposer; build it with :meth:`load`."""
+
+    def __init__(self, bundle: Bundle, proposer: Proposer, min_area: int = 10, min_confidence: float | None = None,
+                 keep_background: bool = False, crop: CropSpec | None = None):
+        self.bundle = bundle
+        self.proposer = proposer
+        self.min_area = min_area
+        self.min_confidence = min_confidence
+        self.keep_background = keep_background
+        self.crop = crop or CropSpec(**bundle.manifest.get("training", {}).get("crop", {}))
+        self.model_info = {"path": str(bundle.path), "taxonomy": bundle.taxonomy.name,
+                           "backbone": (bundle.manifest.get("backbone") or {}).get("name")}
+
+    @classmethod
+    def load(cls, model_dir: str | Path, proposer: str | Proposer = "auto", sam2_checkpoint: str | None = None,
+             sam2_config: str | None = None, **options) -> "DefectClassifier":
+        """Load a bundle (checked file by file) and build the proposer by name (or take one given)."""
+        bundle = load_bundle(model_dir)
+        bundle.embedder()  # load the backbone now, once, not on the first image
+        if isinstance(proposer, str):
+            proposer = build_proposer(proposer, sam2_checkpoint=sam2_checkpoint, sam2_config=sam2_config)
+        return cls(bundle, proposer, **options)
+
+    def classify(self, image: np.ndarray | str | Path, image_path: str | Path | None = None) -> Result:
+        """Classify the defects on one image (an RGB uint8 array, or a path to read)."""
+        if not isinstance(image, np.ndarray):
+            image_path, image = image, read_image(image)
+        path = str(image_path or "")
+        defects = polygonize(self.proposer, image, path, self.min_area)
+        if defects:
+            self.classify_defects(image, defects)
+        kept = [d for d in defects if self.keep_background or d.category != BACKGROUND]
+        return Result(path, (image.shape[1], image.shape[0]), kept, self.proposer.describe(), self.model_info, len(defects))
+
+    def classify_defects(self, image: np.ndarray, defects: list[Defect]) -> None:
+        """Crop, embed and classify regions of ``image`` in place (sets category, subtype, confidence, scores)."""
+        crops, masks = zip(*(crop_region(image, d.region, self.crop) for d in defects))
+        records = [d.to_dict() for d in defects]
+        X = crop_features(records, list(crops), [m > 0 for m in masks], self.bundle.spec, self.bundle.embedder())
+        category, subtype, confidence, category_proba, subtype_proba = decide(self.bundle.model, X)
+        head = self.bundle.model[-1]
+        categories = [str(c) for c in getattr(head, "categories_", [])]
+        subtypes = [str(c) for c in head.classes_]
+        for i, d in enumerate(defects):
+            d.subtype = str(subtype[i])
+            d.category = str(category[i]) if category is not None else self.bundle.taxonomy.category_of(d.subtype) if d.subtype != UNCERTAIN else UNCERTAIN
+            d.confidence = float(confidence[i])
+            d.scores = {"subtype": {s: round(float(p), 4) for s, p in zip(subtypes, subtype_proba[i])}}
+            if category_proba is not None:
+                d.scores["category"] = {c: round(float(p), 4) for c, p in zip(categories, category_proba[i])}
+            if self.min_confidence is not None and d.confidence < self.min_confidence:
+                d.category = d.subtype = UNCERTAIN
+            d.crop, d.crop_mask = crops[i], masks[i]
+
+    def classify_batch(self, images: Iterable[str | Path]) -> Iterator[Result]:
+        """Classify images one at a time; an image that fails yields a Result with ``error`` set."""
+        for path in images:
+            try:
+                yield self.classify(path)
+            except Exception as exc:  # one bad image must not end a run over thousands
+                yield Result(str(path), (0, 0), [], self.proposer.describe(), self.model_info, error=f"{type(exc).__name__}: {exc}")

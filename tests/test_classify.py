@@ -1,0 +1,136 @@
+"""`DefectClassifier` and `defectkit classify` on generated inspection images with known defects."""
+
+import json
+import types
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from typer.testing import CliRunner
+
+from defectkit.classifier import ClassifierConfig
+from defectkit.cli import app
+from defectkit.crops import CropSpec
+from defectkit.extract import ExtractOptions, extract
+from defectkit.pipeline import DefectClassifier, Result
+from defectkit.propose import create_proposer
+from defectkit.taxonomy import Taxonomy
+from defectkit.training import train
+from tests.conftest import TAXONOMY, textured, write
+
+
+def inspection_image(kind: str, seed: int):
+    """A textured surface with one dark pore (blowhole) or one thin dark line (crack), and its mask."""
+    rng = np.random.default_rng(seed)
+    image = textured(120, 160, seed=seed)
+    mask = np.zeros((120, 160), np.uint8)
+    cx, cy = int(rng.integers(50, 110)), int(rng.integers(40, 80))
+    if kind == "blowhole":
+        cv2.circle(mask, (cx, cy), int(rng.integers(6, 11)), 255, -1)
+    else:
+        angle = rng.uniform(0, np.pi)
+        dx, dy = int(35 * np.cos(angle)), int(35 * np.sin(angle))
+        cv2.line(mask, (cx - dx, cy - dy), (cx + dx, cy + dy), 255, 2)
+    image[mask > 0] = 60
+    return image, mask
+
+
+def image_set(root, count, seed):
+    for i in range(count):
+        for kind, label in (("blowhole", "MT_Blowhole"), ("crack", "MT_Crack")):
+            image, mask = inspection_image(kind, seed + 2 * i + (kind == "crack"))
+            write(root / label / f"{kind}{seed}_{i}.jpg", image)
+            write(root / label / f"{kind}{seed}_{i}.png", mask)
+    for i in range(count):
+        write(root / "MT_Free" / f"free{seed}_{i}.jpg", textured(120, 160, seed=1000 + seed + i))
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("classify")
+    extract(image_set(root / "train", 10, 0), root / "crops", Taxonomy.load(TAXONOMY), ExtractOptions(crop=CropSpec(size=48)), progress=False)
+    config = ClassifierConfig(backbone="resnet10t", weights="random", image_size=32, pca=8)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        train(root / "crops", Taxonomy.load(TAXONOMY), root / "model", config, cv=0, progress=False)
+    return root / "model", image_set(root / "test", 3, 100)
+
+
+def test_classify_names_the_defects_on_new_images(model):
+    bundle, test = model
+    classifier = DefectClassifier.load(bundle, create_proposer("given"))
+    assert classifier.crop == CropSpec(size=48)  # crops are cut as the training crops were
+    right = total = 0
+    for kind, label in (("blowhole", "MT_Blowhole"), ("crack", "MT_Crack")):
+        for path in sorted((test / label).glob("*.jpg")):
+            result = classifier.classify(path)
+            assert isinstance(result, Result) and result.image == str(path) and result.size == (160, 120)
+            for d in result.defects:
+                assert d.category in ("surface", "structural", "uncertain")
+                assert 0 <= d.confidence <= 1
+                assert sum(d.scores["subtype"].values()) == pytest.approx(1, abs=1e-3)
+                assert sum(d.scores["category"].values()) == pytest.approx(1, abs=1e-3)
+            right += sum(d.subtype == kind for d in result.defects)
+            total += 1
+    assert right >= total - 1, f"{right} of {total} defects named right"
+
+
+def test_background_is_dropped_unless_kept(model):
+    bundle, test = model
+    free = sorted((test / "MT_Free").glob("*.jpg"))[0]
+    patch = np.pad(np.ones((20, 30), bool), ((50, 50), (60, 70)))  # a patch of plain surface
+    fake = types.SimpleNamespace(propose=lambda image, image_path=None: [patch], describe=lambda: {"name": "fake"})
+    kept = DefectClassifier.load(bundle, fake, keep_background=True).classify(free)
+    dropped = DefectClassifier.load(bundle, fake).classify(free)
+    assert kept.proposals == dropped.proposals == 1 and len(kept.defects) == 1
+    assert len(dropped.defects) == (kept.defects[0].category != "background")
+
+
+def test_min_confidence_marks_doubtful_defects_uncertain(model):
+    bundle, test = model
+    path = sorted((test / "MT_Crack").glob("*.jpg"))[0]
+    result = DefectClassifier.load(bundle, create_proposer("given"), min_confidence=1.01).classify(path)
+    assert result.defects and all(d.subtype == "uncertain" and d.category == "uncertain" for d in result.defects)
+
+
+def test_classify_batch_streams_and_reports_bad_images(model, tmp_path):
+    bundle, test = model
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    classifier = DefectClassifier.load(bundle, create_proposer("given"))
+    stream = classifier.classify_batch([broken, *sorted((test / "MT_Crack").glob("*.jpg"))])
+    assert iter(stream) is stream  # a generator: one image at a time
+    first = next(stream)
+    assert first.error and "broken.jpg" in first.error and first.defects == []
+    assert all(r.error is None and r.defects for r in stream)
+
+
+def test_cli_classify_writes_results_and_goes_on_after_a_bad_image(model, tmp_path):
+    bundle, test = model
+    images = tmp_path / "images"
+    for path in sorted(test.rglob("*.jpg"))[:4]:
+        write(images / path.name, cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
+    (images / "corrupt.jpg").write_bytes(b"\x00\x01")
+    out = tmp_path / "out"
+    args = ["classify", str(images), "--model", str(bundle), "--out", str(out), "--proposer", "classical", "--coco", "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "proposer: classical" in result.output and "4 image(s) classified" in result.output
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["image"].endswith("corrupt.jpg") for e in errors] == [True]
+    record = json.loads((out / f"{sorted(images.glob('*.jpg'))[1].stem}.json").read_text())
+    assert {"image", "size", "proposer", "model", "defects"} <= set(record)
+    assert (out / "summary.csv").read_text().startswith("image,id,category,subtype,confidence,area,edges")
+    coco = COCO(str(out / "coco.json"))
+    assert len(coco.getImgIds()) == 4 and {c["name"] for c in coco.loadCats(coco.getCatIds())} >= {"blowhole", "crack"}
+    overlay = cv2.imread(str(out / f"{sorted(images.glob('*.jpg'))[1].stem}.png"))
+    assert overlay.shape == (120, 160, 3)
+    (images / "corrupt.jpg").unlink()
+    again = CliRunner().invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0 and "4 kept from before" in again.output
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["classify", str(tmp_path), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "nope" in result.output

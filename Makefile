@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The main job: classify the shipped example images with the shipped model.
 demo: $(STAMP)
-	$(BIN)/defectkit extract examples/magnetic-tile out/demo-crops --format masks \
-		--taxonomy configs/taxonomy/magnetic-tile.yaml
+	$(BIN)/defectkit classify examples/magnetic-tile --model models/magnetic-tile --out out/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -501,10 +501,15 @@ def classify(
     """Find and classify the defects on images: per-image JSON and overlay, summary.csv, errors.jsonl."""
     from collections import Counter
 
+    import torch
+
     from defectkit.classify import ClassifyOptions, classify_images
     from defectkit.pipeline import DefectClassifier
     from defectkit.propose import build_proposer, parse_options
 
+    # An image's crops make a batch of a handful: one thread does it; on busy cores OpenMP's
+    # spin-waiting threads made it 20x slower here (2.0 s instead of 0.1 s per image).
+    torch.set_num_threads(1)
     try:
         chosen = build_proposer(proposer, sam2_checkpoint, sam2_config, options=parse_options(option))
         classifier = DefectClassifier.load(model, chosen, min_area=min_area, min_confidence=min_confidence, keep_background=keep_background)

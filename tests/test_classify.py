@@ -134,3 +134,19 @@ def test_cli_classify_writes_results_and_goes_on_after_a_bad_image(model, tmp_pa
 def test_missing_model_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["classify", str(tmp_path), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "nope" in result.output
+
+
+def test_classify_with_sam2_end_to_end(model):
+    """The SAM2 path (the real tiny model, random weights: no checkpoint can be downloaded here)
+    runs through classify: masks come back, are polygonized, cropped, embedded and classified."""
+    bundle, test = model
+    with pytest.warns(UserWarning, match="random"):
+        proposer = create_proposer("sam2", random_weights=True, mode="automatic", points_per_side=4,
+                                   pred_iou_thresh=0.0, stability_score_thresh=0.0, max_fraction=1.0)
+    classifier = DefectClassifier.load(bundle, proposer, keep_background=True)
+    result = classifier.classify(sorted((test / "MT_Blowhole").glob("*.jpg"))[0])
+    assert result.proposer["name"] == "sam2" and result.size == (160, 120)
+    assert result.proposals == len(result.defects) > 0
+    for d in result.defects:
+        assert d.subtype in ("blowhole", "uneven", "break", "crack", "fray", "background", "uncertain")
+        assert len(d.polygon) >= 1 and d.area >= 10

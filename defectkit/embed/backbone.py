@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from defectkit.errors import DefectkitError
+from defectkit.state_dicts import mismatch
 
 DEFAULT_BACKBONE = "mobilenetv3_small_100"
 # The project's own contrastively pretrained backbone; used whenever this file exists.
@@ -123,21 +124,10 @@ def load_weights(model: torch.nn.Module, name: str, path: Path) -> None:
         raise DefectkitError(f"{path}: not a state dict of tensors (backbone {name!r})")
     head = str(getattr(model, "pretrained_cfg", {}).get("classifier", "classifier"))
     state = {k: v for k, v in state.items() if not k.startswith(head + ".")}  # a classifier head is not needed
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the model)")
+    problems = mismatch(state, model.state_dict())
+    if problems:
         raise DefectkitError(
-            f"{path}: weights do not fit backbone {name!r}: " + "; ".join(parts)
+            f"{path}: weights do not fit backbone {name!r}: " + problems
             + ". Pass the --backbone the weights were trained for."
         )
     model.load_state_dict(state, strict=True)

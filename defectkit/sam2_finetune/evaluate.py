@@ -24,16 +24,13 @@ from tqdm.auto import tqdm
 
 from defectkit.sam2_finetune.data import LabelledImage, box_of, center_point
 from defectkit.sam2_finetune.model import image_predictor, quiet_jit
+from defectkit.propose.sam2 import DEFAULTS as SAM2_DEFAULTS
 
 # Small enough for a CPU; SAM2's own defaults are points_per_side=32 (and crop layers for small objects).
 AMG_DEFAULTS = {
+    **{k: SAM2_DEFAULTS[k] for k in ("points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                                     "box_nms_thresh", "crop_n_layers", "min_mask_region_area")},
     "points_per_side": 16,
-    "points_per_batch": 64,
-    "pred_iou_thresh": 0.8,
-    "stability_score_thresh": 0.95,
-    "box_nms_thresh": 0.7,
-    "crop_n_layers": 0,
-    "min_mask_region_area": 0,
 }
 RECALL_IOU = 0.5
 METRICS = ("box_miou", "point_miou", "amg_recall")

@@ -19,6 +19,7 @@ import torch
 
 from defectkit.errors import DefectkitError
 from defectkit.images import atomic_write_bytes
+from defectkit.state_dicts import mismatch
 
 DEFAULT_CONFIG = "sam2.1_hiera_t"
 METADATA_KEY = "defectkit"
@@ -100,22 +101,10 @@ def load_model(config: str, checkpoint: str | Path, device: str | torch.device =
         )
     state = read_checkpoint(path)["model"]
     model = build(config, image_size)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or reshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weights missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if reshaped:
-            k = reshaped[0]
-            parts.append(f"{len(reshaped)} of another shape (e.g. {k}: {tuple(state[k].shape)} in the file, "
-                         f"{tuple(expected[k].shape)} expected)")
+    problems = mismatch(state, model.state_dict())
+    if problems:
         raise DefectkitError(
-            f"{path} does not match SAM2 config {Path(config_name).stem}: {'; '.join(parts)}. "
+            f"{path} does not match SAM2 config {Path(config_name).stem}: {problems}. "
             f"Pass the --sam2-config of the model size the checkpoint was made for "
             f"(the file for this config is {expected_checkpoint_name(config_name)})"
         )

@@ -1,0 +1,20 @@
+"""Checking that a weights file fits a model, with a message that says how it does not."""
+
+from __future__ import annotations
+
+
+def mismatch(state: dict, expected: dict) -> str:
+    """'' when ``state`` has exactly the keys and shapes of ``expected``, else what differs."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} of another shape (e.g. {k}: {tuple(state[k].shape)} in the file, "
+                     f"{tuple(expected[k].shape)} in the model)")
+    return "; ".join(parts)

@@ -7,7 +7,8 @@ hysteresis channels, contrast over the minimum contrast, step over the band thre
 - ``dark``: the image minus its median-filtered background, as a robust z-score map thresholded
   with hysteresis (a region needs a few strong pixels and grows over the weaker ones around
   them). Finds what is darker than its surroundings and smaller than the median window: pores,
-  cracks, small chips.
+  cracks, small chips. A region is kept when it is ``dark_min_contrast`` darker than a ring
+  around it (``ring_contrast``): texture and grinding marks pass the z threshold but are faint.
 - ``large``: on a downscaled, smoothed image, the deviation from a separable background
   (log image = row profile + column profile, fitted with medians: ground surfaces carry
   brightness bands along the grinding direction, lighting falls off along the other), with
@@ -33,7 +34,8 @@ hysteresis channels, contrast over the minimum contrast, step over the band thre
   proposed across the full width.
 
 Regions above ``max_fraction`` of the image are dropped, one overlapping a stronger one by IoU
-above ``overlap`` is dropped, and the strongest ``max_proposals`` are kept. The defaults were
+above ``overlap`` is dropped, and the strongest ``max_proposals`` are kept. ``large_polarity="off"``
+and ``None`` for ``edge_ratio``, ``smooth_threshold`` or ``band_threshold`` turn a channel off. The defaults were
 tuned with ``benchmarks/tune_classical.py`` on the train part of the seeded magnetic-tile split;
 ``benchmarks/proposers.py`` reports them on the held-out part.
 """
@@ -121,20 +123,24 @@ def border_deviation(small: np.ndarray, ratio: float, reach: float, window: floa
     return chips
 
 
+CHANNELS = ("dark", "large", "edge", "smooth", "band")
+
+
 class ClassicalProposer(Proposer):
     name = "classical"
 
     def __init__(
         self,
-        dark_window: int = 31,
+        dark_window: int = 21,
         dark_blur: float = 1.0,
-        dark_threshold: float = 7.5,
+        dark_threshold: float = 6.0,
         dark_grow: float = 3.0,
         dark_min_area: int = 45,
+        dark_min_contrast: float = 0.2,
         large_side: int = 96,
         large_blur: float = 1.5,
         large_threshold: float = 6.0,
-        large_grow: float = 3.0,
+        large_grow: float = 2.5,
         large_min_fraction: float = 0.005,
         large_min_contrast: float = 0.4,
         large_polarity: str = "dark",
@@ -150,7 +156,7 @@ class ClassicalProposer(Proposer):
         smooth_reference: float = 70.0,
         smooth_threshold: float | None = 3.5,
         smooth_grow: float = 1.0,
-        smooth_min_fraction: float = 0.02,
+        smooth_min_fraction: float = 0.03,
         band_threshold: float | None = 3.0,
         band_side: int = 96,
         band_min_fraction: float = 0.1,
@@ -170,6 +176,7 @@ class ClassicalProposer(Proposer):
         self.dark_threshold = dark_threshold
         self.dark_grow = dark_grow
         self.dark_min_area = dark_min_area
+        self.dark_min_contrast = dark_min_contrast
         self.large_side = large_side
         self.large_blur = large_blur
         self.large_threshold = large_threshold
@@ -213,8 +220,12 @@ class ClassicalProposer(Proposer):
 
     def candidates(self, g: np.ndarray) -> list[tuple[float, np.ndarray]]:
         """(score, full-size mask) of every region any channel finds in the gray image ``g``."""
-        streaks = np.abs(cv2.Sobel(g.astype(np.float32), cv2.CV_32F, 1, 0, ksize=3))
-        return self._dark(g) + self._large(g) + self._edge(g) + self._smooth(g, streaks) + self._band(g, streaks)
+        streaks = np.abs(cv2.Sobel(g.astype(np.float32), cv2.CV_32F, 1, 0, ksize=3))  # |d/dx|
+        return [found for name in CHANNELS for found in self.channel(name, g, streaks)]
+
+    def channel(self, name: str, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        """(score, full-size mask) of the regions one channel finds; ``streaks`` is |d/dx| of ``g``."""
+        return getattr(self, "_" + name)(g, streaks)
 
     def select(self, scored: list[tuple[float, np.ndarray]], size: int) -> list[np.ndarray]:
         """The strongest ``max_proposals`` regions of at most ``max_fraction`` of the image, none
@@ -223,22 +234,20 @@ class ClassicalProposer(Proposer):
         for _, mask in sorted(scored, key=lambda item: -item[0]):
             if len(kept) == self.max_proposals:
                 break
-            area = mask.sum()
-            if area > self.max_fraction * size:
-                continue
-            if any((mask & other).sum() > self.overlap * (area + other.sum() - (mask & other).sum()) for other in kept):
+            if mask.sum() > self.max_fraction * size or any(_iou(mask, other) > self.overlap for other in kept):
                 continue
             kept.append(mask)
         return kept
 
-    def _dark(self, g: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    def _dark(self, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
         background = cv2.medianBlur(g, _odd(self.dark_window)).astype(np.float32)
         smooth = cv2.GaussianBlur(g.astype(np.float32), (0, 0), self.dark_blur) if self.dark_blur > 0 else g.astype(np.float32)
         z = -robust_z(smooth - background)  # darker than the background = positive
         mask = hysteresis(z > self.dark_threshold, z > self.dark_grow)
-        return [(score / self.dark_grow, region) for score, region in _components(mask, z, self.dark_min_area)]
+        regions = _components(mask, z, self.dark_min_area)
+        return [(score / self.dark_grow, region) for score, region in regions if ring_contrast(g, region) >= self.dark_min_contrast]
 
-    def _large(self, g: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    def _large(self, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
         if self.large_polarity == "off":
             return []
         small = cv2.GaussianBlur(downscale(g, self.large_side), (0, 0), self.large_blur)
@@ -255,7 +264,7 @@ class ClassicalProposer(Proposer):
             out += _contrasted(small, mask, self.large_min_fraction, self.large_min_contrast, g.shape, sign)
         return out
 
-    def _edge(self, g: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    def _edge(self, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
         if self.edge_ratio is None:
             return []
         small = cv2.GaussianBlur(downscale(g, self.edge_side), (0, 0), 1.0)
@@ -320,6 +329,11 @@ def _contrasted(small, mask, min_fraction, min_contrast, shape, sign=-1) -> list
         if contrast >= min_contrast:
             out.append((contrast / min_contrast, _upscale(region, shape)))
     return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = int((a & b).sum())
+    return inter / max(int(a.sum()) + int(b.sum()) - inter, 1)
 
 
 def _sides_touched(mask: np.ndarray) -> int:

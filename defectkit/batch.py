@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from defectkit.data import find_images
-from defectkit.data.masks import _pair_up
+from defectkit.data.masks import pair_images
 from defectkit.errors import DefectkitError
 from defectkit.images import IMAGE_SUFFIXES, atomic_write_text, read_image
 
@@ -33,7 +33,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            out += list(_pair_up(find_images(path)))
+            out += list(pair_images(find_images(path)))
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
             for line in path.read_text().splitlines():
                 line = line.split("#", 1)[0].strip()

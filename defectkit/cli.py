@@ -507,8 +507,8 @@ def classify(
     from defectkit.pipeline import DefectClassifier
     from defectkit.propose import build_proposer, parse_options
 
-    # An image's crops make a batch of a handful: one thread does it; on busy cores OpenMP's
-    # spin-waiting threads made it 20x slower here (2.0 s instead of 0.1 s per image).
+    # An image's crops make a batch of a handful: one thread does it, and on busy cores OpenMP's
+    # spin-waiting threads made such batches many times slower.
     torch.set_num_threads(1)
     try:
         chosen = build_proposer(proposer, sam2_checkpoint, sam2_config, options=parse_options(option))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from defectkit.ensemble.hierarchy import UNCERTAIN
 from defectkit.taxonomy import BACKGROUND, Taxonomy
 
-UNCERTAIN = "uncertain"
 
 
 def category_of(taxonomy: Taxonomy, subtypes) -> np.ndarray:

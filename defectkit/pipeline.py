@@ -21,6 +21,7 @@ from defectkit.bundle import Bundle, load_bundle
 from defectkit.classifier import decide
 from defectkit.crops import CropSpec, crop_region
 from defectkit.defect import Defect
+from defectkit.ensemble.hierarchy import UNCERTAIN
 from defectkit.export import image_record, overlay
 from defectkit.features import crop_features
 from defectkit.images import read_image
@@ -29,7 +30,6 @@ from defectkit.propose.base import Proposer
 from defectkit.segment import polygonize
 from defectkit.taxonomy import BACKGROUND
 
-UNCERTAIN = "uncertain"
 
 
 @dataclass
@@ -98,7 +98,7 @@ class DefectClassifier:
         subtypes = [str(c) for c in head.classes_]
         for i, d in enumerate(defects):
             d.subtype = str(subtype[i])
-            d.category = str(category[i]) if category is not None else self.bundle.taxonomy.category_of(d.subtype) if d.subtype != UNCERTAIN else UNCERTAIN
+            d.category = str(category[i]) if category is not None else self.bundle.taxonomy.category_of(d.subtype)
             d.confidence = float(confidence[i])
             d.scores = {"subtype": {s: round(float(p), 4) for s, p in zip(subtypes, subtype_proba[i])}}
             if category_proba is not None:

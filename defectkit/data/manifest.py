@@ -51,11 +51,16 @@ def read_manifest(path: str | Path, check_files: bool = True) -> list[dict]:
     return records
 
 
+def settings_path(dataset: str | Path) -> Path:
+    """Where ``extract.json`` lies for a crop data set given as its folder or its manifest."""
+    path = Path(dataset)
+    return (path if path.is_dir() else path.parent) / SETTINGS
+
+
 def crop_settings(dataset: str | Path) -> dict:
     """How a crop data set's crops were cut (``CropSpec`` fields), from ``extract.json`` beside its
     manifest; {} when unknown (crops made elsewhere), meaning the defaults."""
-    path = Path(dataset)
-    settings = (path if path.is_dir() else path.parent) / SETTINGS
+    settings = settings_path(dataset)
     if not settings.is_file():
         return {}
     try:

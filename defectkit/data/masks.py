@@ -13,7 +13,7 @@ from defectkit.images import read_image, read_mask
 MASK_SUFFIX = "_mask"
 
 
-def _pair_up(files: list[Path]) -> dict[Path, Path | None]:
+def pair_images(files: list[Path]) -> dict[Path, Path | None]:
     """image -> its mask (or None), where no file that is another image's mask counts as an image."""
     by_stem: dict[tuple[Path, str], list[Path]] = {}
     for path in files:
@@ -36,7 +36,7 @@ def _pair_up(files: list[Path]) -> dict[Path, Path | None]:
 
 def read_mask_pairs(src: Path, threshold: int = 127) -> Iterator[Sample]:
     files = find_images(src)
-    for image_path, mask_path in _pair_up(files).items():
+    for image_path, mask_path in pair_images(files).items():
         relative = image_path.relative_to(src)
         if len(relative.parts) < 2:
             yield Sample(image_path, _fail(image_path, "image lies directly in the data set folder; "

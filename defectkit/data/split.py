@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from defectkit.data.manifest import SETTINGS, read_manifest, write_manifest
+from defectkit.data.manifest import SETTINGS, read_manifest, settings_path, write_manifest
 from defectkit.errors import DefectkitError
 from defectkit.taxonomy import BACKGROUND
 
@@ -54,7 +54,7 @@ def split_dataset(dataset: str | Path, out: str | Path, test_size: float = 0.3, 
     out = Path(out)
     write_manifest(out / "train" / "manifest.jsonl", train)
     write_manifest(out / "test" / "manifest.jsonl", test)
-    settings = Path(dataset) / SETTINGS if Path(dataset).is_dir() else Path(dataset).parent / SETTINGS
+    settings = settings_path(dataset)
     if settings.is_file():  # the parts were cut as their parent was
         for part in ("train", "test"):
             shutil.copyfile(settings, out / part / SETTINGS)

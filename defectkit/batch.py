@@ -20,6 +20,7 @@ from defectkit.data import find_images
 from defectkit.data.masks import pair_images
 from defectkit.errors import DefectkitError
 from defectkit.images import IMAGE_SUFFIXES, atomic_write_text, read_image
+from defectkit.timing import Timings, stage
 
 ERRORS = "errors.jsonl"
 LIST_SUFFIXES = (".txt", ".lst")
@@ -82,13 +83,14 @@ def run_batch(
     done: Callable[[Path, str], bool] | None = None,
     progress: bool = True,
     desc: str = "images",
+    timings: Timings | None = None,
 ) -> BatchReport:
     """Call ``process(path, name, image)`` for each image (read as RGB uint8) in turn.
 
     ``done(path, name)`` returning True skips an image (resume). An image whose reading or
     processing raises is recorded in ``out/errors.jsonl`` (image, error type, message), rewritten
     atomically after each failure, and the run goes on. ``errors.jsonl`` is always written: empty
-    when nothing failed.
+    when nothing failed. ``timings`` adds the seconds spent reading images (``read``).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,9 @@ def run_batch(
             report.skipped += 1
             continue
         try:
-            process(path, name, read_image(path))
+            with stage(timings, "read"):
+                image = read_image(path)
+            process(path, name, image)
             report.done += 1
         except Exception as exc:  # one bad image must not end a run over thousands
             report.failed.append({"image": str(path), "error": type(exc).__name__, "message": str(exc)})
@@ -130,11 +134,13 @@ def write_results(
     coco_kind: str = "instances",
     desc: str = "images",
     progress: bool = True,
+    timings: Timings | None = None,
 ) -> tuple[BatchReport, list[dict]]:
     """Run ``analyse(path, image) -> (image record, defects)`` over the images of ``inputs`` and
     write per image ``<name>.json`` (and ``<name>.png`` overlays), and for the run the CSV (one row
     per defect), ``coco_file`` (``coco``, a CocoWriter) and ``errors.jsonl``. With ``resume``,
-    images whose JSON is already in ``out`` are read back instead of analysed again."""
+    images whose JSON is already in ``out`` are read back instead of analysed again. ``timings``
+    adds the seconds of ``read`` and ``write`` (``analyse`` may add its own stages)."""
     from defectkit.export import csv_rows, defects_from_record, write_csv, write_json, write_overlay
 
     out = Path(out)
@@ -146,11 +152,12 @@ def write_results(
 
     def process(path: Path, name: str, image: np.ndarray) -> None:
         record, defects = analyse(path, image)
-        write_json(out / f"{name}.json", record)
-        if overlays:
-            write_overlay(out / f"{name}.png", image, defects)
-        coco.add(path, tuple(record["size"]), defects)
-        rows.extend(csv_rows(defects))
+        with stage(timings, "write"):
+            write_json(out / f"{name}.json", record)
+            if overlays:
+                write_overlay(out / f"{name}.png", image, defects)
+            coco.add(path, tuple(record["size"]), defects)
+            rows.extend(csv_rows(defects))
 
     def done(path: Path, name: str) -> bool:
         result = out / f"{name}.json"
@@ -165,7 +172,7 @@ def write_results(
         rows.extend(csv_rows(defects))
         return True
 
-    report = run_batch(paths, out, process, done=done, progress=progress, desc=desc)
+    report = run_batch(paths, out, process, done=done, progress=progress, desc=desc, timings=timings)
     write_csv(out / csv_file, rows)
     if coco_file:
         coco.write(out / coco_file, kind=coco_kind)

@@ -84,8 +84,7 @@ def decide(model: Pipeline, X):
     """(category, subtype, confidence, category probabilities, subtype probabilities) for rows of X."""
     head, Xt = split_head(model, X)
     if isinstance(head, Hierarchy):
-        category, subtype, confidence = head.decide(Xt)
-        return category, subtype, confidence, head.predict_category_proba(Xt), head.predict_proba(Xt)
+        return head.decide_with_proba(Xt)
     proba = head.predict_proba(Xt)
     best = proba.argmax(axis=1)
     return None, head.classes_[best], proba.max(axis=1), None, proba

@@ -16,6 +16,7 @@ import numpy as np
 from defectkit.batch import BatchReport, write_results
 from defectkit.export import CocoWriter
 from defectkit.pipeline import UNCERTAIN, DefectClassifier
+from defectkit.timing import Timings
 
 SUMMARY_CSV = "summary.csv"
 COCO_FILE = "coco.json"
@@ -29,16 +30,18 @@ class ClassifyOptions:
 
 
 def classify_images(inputs: list[str | Path], out: str | Path, classifier: DefectClassifier,
-                    options: ClassifyOptions = ClassifyOptions(), progress: bool = True) -> tuple[BatchReport, list[dict]]:
-    """Classify every image of ``inputs`` into ``out``; returns the batch report and the CSV rows."""
+                    options: ClassifyOptions = ClassifyOptions(), progress: bool = True,
+                    timings: Timings | None = None) -> tuple[BatchReport, list[dict]]:
+    """Classify every image of ``inputs`` into ``out``; returns the batch report and the CSV rows.
+    ``timings`` adds the seconds of each stage (read, propose, polygonize, crop, embed, classify, write)."""
     taxonomy = classifier.bundle.taxonomy
     coco = CocoWriter(categories=[*taxonomy.subtypes, UNCERTAIN],
                       supercategories={s: taxonomy.category_of(s) for s in taxonomy.subtypes})
 
     def analyse(path: Path, image: np.ndarray):
-        result = classifier.classify(image, image_path=path)
+        result = classifier.classify(image, image_path=path, timings=timings)
         return result.to_json(), result.defects
 
     return write_results(inputs, out, analyse, coco, overlays=options.overlays, resume=options.resume,
                          csv_file=SUMMARY_CSV, coco_file=COCO_FILE if options.coco else None,
-                         desc="classify", progress=progress)
+                         desc="classify", progress=progress, timings=timings)

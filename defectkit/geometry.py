@@ -72,13 +72,18 @@ class Region:
 
 def connected_regions(mask: np.ndarray, min_area: int = 1) -> list[Region]:
     """Split a boolean mask into its 8-connected regions, dropping those below ``min_area`` pixels."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    binary = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
+    # label only the box around the mask's pixels (from even coordinates, so that OpenCV's 2x2
+    # block scan, and with it the order of the regions, is the same as on the whole mask)
+    x0, y0, width, height = cv2.boundingRect(binary)
+    x0, y0 = x0 - x0 % 2, y0 - y0 % 2
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary[y0 : y0 + height + 1, x0 : x0 + width + 1], connectivity=8)
     regions = []
     for index in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[index])
         if area < min_area:
             continue
-        regions.append(Region(x, y, labels[y : y + h, x : x + w] == index))
+        regions.append(Region(x0 + x, y0 + y, labels[y : y + h, x : x + w] == index))
     return regions
 
 
@@ -134,9 +139,11 @@ def defects_from_mask(
     min_area: int = 1,
     polygon_tolerance: float = 1.0,
 ) -> list[Defect]:
-    """One Defect per connected region of ``mask`` with at least ``min_area`` pixels."""
+    """One Defect per connected region of ``mask`` with at least ``min_area`` pixels (``image``
+    RGB or gray: only its gray values are measured)."""
     if mask.shape[:2] != image.shape[:2]:
         raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {image.shape[1]}x{image.shape[0]}")
+    image = gray(image)  # once, not once per region
     return [
         describe(region, image, image_path, polygon_tolerance)
         for region in connected_regions(mask, min_area)

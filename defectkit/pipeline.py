@@ -29,6 +29,7 @@ from defectkit.propose import build_proposer
 from defectkit.propose.base import Proposer
 from defectkit.segment import polygonize
 from defectkit.taxonomy import BACKGROUND
+from defectkit.timing import Timings, stage
 
 
 
@@ -76,22 +77,32 @@ class DefectClassifier:
             proposer = build_proposer(proposer, sam2_checkpoint=sam2_checkpoint, sam2_config=sam2_config)
         return cls(bundle, proposer, **options)
 
-    def classify(self, image: np.ndarray | str | Path, image_path: str | Path | None = None) -> Result:
-        """Classify the defects on one image (an RGB uint8 array, or a path to read)."""
+    def classify(self, image: np.ndarray | str | Path, image_path: str | Path | None = None, timings: Timings | None = None) -> Result:
+        """Classify the defects on one image (an RGB uint8 array, or a path to read). ``timings``
+        adds the seconds of each stage (read, propose, polygonize, crop, embed, classify)."""
         if not isinstance(image, np.ndarray):
-            image_path, image = image, read_image(image)
+            with stage(timings, "read"):
+                image_path, image = image, read_image(image)
         path = str(image_path or "")
-        defects = polygonize(self.proposer, image, path, self.min_area)
+        defects = polygonize(self.proposer, image, path, self.min_area, timings=timings)
         if defects:
-            self.classify_defects(image, defects)
+            self.classify_defects(image, defects, timings)
         kept = [d for d in defects if self.keep_background or d.category != BACKGROUND]
         return Result(path, (image.shape[1], image.shape[0]), kept, self.proposer.describe(), self.model_info, len(defects))
 
-    def classify_defects(self, image: np.ndarray, defects: list[Defect]) -> None:
+    def classify_defects(self, image: np.ndarray, defects: list[Defect], timings: Timings | None = None) -> None:
         """Crop, embed and classify regions of ``image`` in place (sets category, subtype, confidence, scores)."""
-        crops, masks = zip(*(crop_region(image, d.region, self.crop) for d in defects))
-        records = [d.to_dict() for d in defects]
-        X = crop_features(records, list(crops), [m > 0 for m in masks], self.bundle.spec, self.bundle.embedder())
+        with stage(timings, "crop"):
+            crops, masks = zip(*(crop_region(image, d.region, self.crop) for d in defects))
+            records = [d.to_dict() for d in defects]
+        with stage(timings, "embed"):
+            X = crop_features(records, list(crops), [m > 0 for m in masks], self.bundle.spec, self.bundle.embedder())
+        with stage(timings, "classify"):
+            self._decide(X, defects)
+        for d, crop, mask in zip(defects, crops, masks):
+            d.crop, d.crop_mask = crop, mask
+
+    def _decide(self, X: np.ndarray, defects: list[Defect]) -> None:
         category, subtype, confidence, category_proba, subtype_proba = decide(self.bundle.model, X)
         head = self.bundle.model[-1]
         categories = [str(c) for c in getattr(head, "categories_", [])]
@@ -105,7 +116,6 @@ class DefectClassifier:
                 d.scores["category"] = {c: round(float(p), 4) for c, p in zip(categories, category_proba[i])}
             if self.min_confidence is not None and d.confidence < self.min_confidence:
                 d.category = d.subtype = UNCERTAIN
-            d.crop, d.crop_mask = crops[i], masks[i]
 
     def classify_batch(self, images: Iterable[str | Path]) -> Iterator[Result]:
         """Classify images one at a time; an image that fails yields a Result with ``error`` set."""

@@ -13,6 +13,7 @@ from defectkit.evaluation import CVResult, cross_validate
 from defectkit.features import build_features
 from defectkit.labelled import check_trainable, load_labelled
 from defectkit.taxonomy import Taxonomy
+from defectkit.timing import Timings, stage
 
 
 @dataclass
@@ -32,18 +33,25 @@ def train(
     cv: int = 5,
     cache=None,
     progress: bool = True,
+    timings: Timings | None = None,
 ) -> TrainResult:
-    """Embed the crops, estimate quality by grouped ``cv``-fold CV (0: skip), fit on all crops, save."""
+    """Embed the crops, estimate quality by grouped ``cv``-fold CV (0: skip), fit on all crops, save.
+    ``timings`` adds the seconds of ``features`` (backbone built, crops embedded or taken from the
+    cache), ``cv``, ``fit`` and ``save``."""
     start = time.perf_counter()
-    crops = load_labelled(dataset, taxonomy)
-    check_trainable(crops)
-    spec = config.feature_spec()
-    embedder = config.embedder()
-    X = build_features(crops.records, spec, embedder, cache, progress)
-    result = cross_validate(X, crops, taxonomy, config, spec, cv, progress=progress) if cv else None
-    model = config.model(taxonomy, spec).fit(X, crops.subtypes)
+    with stage(timings, "features"):
+        crops = load_labelled(dataset, taxonomy)
+        check_trainable(crops)
+        spec = config.feature_spec()
+        embedder = config.embedder()
+        X = build_features(crops.records, spec, embedder, cache, progress)
+    with stage(timings, "cv"):
+        result = cross_validate(X, crops, taxonomy, config, spec, cv, progress=progress) if cv else None
+    with stage(timings, "fit"):
+        model = config.model(taxonomy, spec).fit(X, crops.subtypes)
     summary = {**crops.summary(), "config": config.to_dict(), "crop": crop_settings(dataset)}
     metrics = result.to_dict() if result else {}
     metrics.pop("confusion", None)
-    bundle = save_bundle(out, model, taxonomy, spec, embedder, training=summary, metrics=metrics)
+    with stage(timings, "save"):
+        bundle = save_bundle(out, model, taxonomy, spec, embedder, training=summary, metrics=metrics)
     return TrainResult(bundle, model, summary, result, time.perf_counter() - start)

@@ -1,6 +1,7 @@
 """`DefectClassifier` and `defectkit classify` on generated inspection images with known defects."""
 
 import json
+import time
 import types
 
 import cv2
@@ -10,12 +11,14 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from defectkit.classifier import ClassifierConfig
+from defectkit.classify import classify_images
 from defectkit.cli import app
 from defectkit.crops import CropSpec
 from defectkit.extract import ExtractOptions, extract
 from defectkit.pipeline import DefectClassifier, Result
 from defectkit.propose import create_proposer
 from defectkit.taxonomy import Taxonomy
+from defectkit.timing import Timings
 from defectkit.training import train
 from tests.conftest import TAXONOMY, textured, write
 
@@ -53,8 +56,35 @@ def model(tmp_path_factory):
     extract(image_set(root / "train", 10, 0), root / "crops", Taxonomy.load(TAXONOMY), ExtractOptions(crop=CropSpec(size=48)), progress=False)
     config = ClassifierConfig(backbone="resnet10t", weights="random", image_size=32, pca=8)
     with pytest.warns(UserWarning, match="RANDOM"):
-        train(root / "crops", Taxonomy.load(TAXONOMY), root / "model", config, cv=0, progress=False)
+        result = train(root / "crops", Taxonomy.load(TAXONOMY), root / "model", config, cv=0, progress=False, timings=TRAIN_TIMINGS)
+    assert 0.8 * result.seconds <= TRAIN_TIMINGS.total <= result.seconds
     return root / "model", image_set(root / "test", 3, 100)
+
+
+TRAIN_TIMINGS = Timings()
+
+
+def test_train_records_the_time_of_each_step(model):
+    assert list(TRAIN_TIMINGS.seconds) == ["features", "cv", "fit", "save"]
+    assert all(TRAIN_TIMINGS.calls[step] == 1 for step in TRAIN_TIMINGS.seconds)
+
+
+def test_classify_records_the_time_of_each_stage(model, tmp_path):
+    bundle, test = model
+    classifier = DefectClassifier.load(bundle, create_proposer("given"))
+    paths = sorted((test / "MT_Blowhole").glob("*.jpg")) + sorted((test / "MT_Crack").glob("*.jpg"))
+    timings = Timings()
+    start = time.perf_counter()
+    report, _ = classify_images(paths, tmp_path / "out", classifier, progress=False, timings=timings)
+    wall = time.perf_counter() - start
+    assert list(timings.seconds) == ["read", "propose", "polygonize", "crop", "embed", "classify", "write"]
+    assert timings.calls["read"] == timings.calls["write"] == report.done == len(paths)
+    assert timings.calls["propose"] == timings.calls["embed"] == timings.calls["classify"] == len(paths)
+    assert 0.5 * wall <= timings.total <= wall  # the stages are most of the run, and none is counted twice
+    assert sum(timings.shares().values()) == pytest.approx(1)
+    again = Timings()
+    classifier.classify(paths[0], timings=again)  # a path: the classifier reads it
+    assert again.calls["read"] == 1 and again.total > 0
 
 
 def test_classify_names_the_defects_on_new_images(model):

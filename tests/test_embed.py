@@ -3,6 +3,7 @@
 import json
 import pickle
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -90,6 +91,8 @@ def test_mask_modes_change_what_the_backbone_sees(embedder):
     with pytest.warns(RandomWeightsWarning):
         dim = Embedder(weights="random", mask_mode="dim", **TINY).prepare(crop, mask)
     assert plain.shape == channel.shape == dim.shape == (3, 32, 32)
+    resized = cv2.resize(crop, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    np.testing.assert_array_equal(plain, ((resized - embedder.mean) / embedder.std).transpose(2, 0, 1))  # exactly the normalisation
     assert np.ptp(plain[2]) == 0 and np.ptp(channel[2]) > 0  # the mask is the third channel
     assert dim[0, 30, 30] < plain[0, 30, 30] and dim[0, 9, 9] == pytest.approx(plain[0, 9, 9])
 

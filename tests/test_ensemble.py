@@ -56,6 +56,10 @@ def test_probabilities_sum_to_one_at_each_level(data):
     category_pred, subtype_pred, confidence = model.decide(X)
     assert all(model.parent_[list(model.classes_).index(s)] == c for c, s in zip(category_pred, subtype_pred))
     assert np.all((confidence > 0) & (confidence <= 1))
+    # all of it from one pass over the levels' models, as classify asks for it
+    both = model.decide_with_proba(X)
+    for got, want in zip(both, (category_pred, subtype_pred, confidence, category, joint)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_rejection_threshold_reports_uncertain(data):

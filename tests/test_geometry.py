@@ -62,6 +62,20 @@ def test_two_blobs_in_one_mask_become_two_defects_and_small_specks_drop():
     assert len(defects_from_mask(textured(), mask, min_area=1)) == 3
 
 
+def test_regions_come_in_scan_order_wherever_they_lie():
+    rng = np.random.default_rng(0)
+    for shape in ((7, 9), (60, 45), (131, 200)):
+        for density in (0.02, 0.2, 0.5):
+            mask = np.zeros((shape[0] + 20, shape[1] + 30), bool)
+            mask[7 : 7 + shape[0], 13 : 13 + shape[1]] = rng.random(shape) < density  # away from the corner
+            count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+            regions = connected_regions(mask)
+            assert len(regions) == count - 1
+            for label, region in enumerate(regions, start=1):  # OpenCV's labels on the whole mask
+                np.testing.assert_array_equal(region.full_mask(mask.shape), labels == label)
+    assert connected_regions(np.zeros((5, 5), bool)) == []
+
+
 def test_intensity_and_position_features():
     image = textured()
     mask = mask_with(lambda c: cv2.circle(c, (10, 60), 6, 1, -1))

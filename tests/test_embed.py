@@ -119,3 +119,20 @@ def test_cache_embeds_each_crop_once_per_backbone(embedder, records, tmp_path, m
     with pytest.warns(RandomWeightsWarning):
         bigger = Embedder(weights="random", backbone="resnet10t", image_size=40)
     assert EmbeddingCache(tmp_path / "cache").folder(bigger.identity) != cache.folder(embedder.identity)
+
+
+def test_the_shipped_default_backbone_is_used_without_a_warning(recwarn):
+    from defectkit.embed import DEFAULT_WEIGHTS
+    from defectkit.embed.backbone import sidecar
+
+    assert DEFAULT_WEIGHTS.is_file(), "checkpoints/defectkit-backbone.safetensors is shipped with the repo"
+    embedder = Embedder()  # weights="default"
+    assert not [w for w in recwarn if issubclass(w.category, RandomWeightsWarning)]
+    hints = sidecar(DEFAULT_WEIGHTS)
+    assert embedder.source.kind == "file" and embedder.backbone == hints["backbone"]
+    assert (embedder.image_size, embedder.mask_mode) == (hints["image_size"], hints["mask_mode"])
+    crop = (np.random.default_rng(0).random((80, 80, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((80, 80), bool)
+    mask[30:50, 20:60] = True
+    vector = embedder.embed([crop], [mask])
+    assert vector.shape == (1, embedder.dim) and np.isfinite(vector).all()

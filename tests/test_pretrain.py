@@ -83,3 +83,14 @@ def test_bad_settings_are_clear(crops, tmp_path):
         pretrain(crops, tmp_path / "x.pt", PretrainConfig(**TINY), progress=False)
     with pytest.raises(DefectkitError, match="fewer than one batch"):
         pretrain(crops, tmp_path / "x.safetensors", PretrainConfig(**{**TINY, "batch_size": 32}), progress=False)
+
+
+def test_cli_defaults_match_the_config():
+    import inspect
+
+    from defectkit.cli import pretrain as command
+
+    defaults = {name: p.default.default for name, p in inspect.signature(command).parameters.items() if hasattr(p.default, "default")}
+    config = PretrainConfig()
+    for name in ("backbone", "method", "epochs", "batch_size", "image_size", "mask_mode", "init", "lr", "seed"):
+        assert defaults[name] == getattr(config, name), name

@@ -340,26 +340,32 @@ def memory(model: Path, first: int, total: int, device: str) -> Row:
 
 
 # --- 6. retraining ---------------------------------------------------------------------------------
-def retraining(crops_dir: Path, tmp: Path) -> Row:
+def retraining(crops_dir: Path, tmp: Path, repeats: int) -> Row:
     from defectkit.classifier import ClassifierConfig
     from defectkit.embed import EmbeddingCache
     from defectkit.taxonomy import Taxonomy
     from defectkit.timing import Timings
     from defectkit.training import train
 
-    runs = []
-    for run, cache in enumerate([None, EmbeddingCache(tmp / "cache"), EmbeddingCache(tmp / "cache")]):
-        timings = Timings()  # run 0, without a cache, only warms the process up (first-call costs)
+    def run(name: str, cache) -> tuple[float, dict, object]:
+        timings = Timings()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = train(crops_dir, Taxonomy.load(TAXONOMY), tmp / f"model-{run}", ClassifierConfig(), cv=0, cache=cache,
+            result = train(crops_dir, Taxonomy.load(TAXONOMY), tmp / name, ClassifierConfig(), cv=0, cache=cache,
                            progress=False, timings=timings)
-        runs.append((result.seconds, dict(timings.seconds)))
-    (first, stages1), (second, stages2) = runs[1:]
+        return result.seconds, dict(timings.seconds), result
+
+    run("warm-up", None)  # first-call costs of the process out of the figures
+    cold, warm = [], []
+    for repeat in range(repeats):  # each time a fresh cache: train, then train again
+        cache = EmbeddingCache(tmp / f"cache-{repeat}")
+        cold.append(run(f"cold-{repeat}", cache))
+        warm.append(run(f"warm-{repeat}", cache))
+    (first, stages1, _), (second, stages2, result) = min(cold, key=lambda r: r[0]), min(warm, key=lambda r: r[0])
     speedup = first / second
     describe = lambda stages: ", ".join(f"{k} {v:.2f} s" for k, v in stages.items() if k != "cv")  # noqa: E731
     return Row(6, "retraining", f"{first:.1f} s then {second:.1f} s = {speedup:.1f} x faster", ">= 5 x faster", speedup >= 5,
-               [f"{result.summary['crops']} crops, --cv 0, a fresh embedding cache, after a warm-up run; "
+               [f"{result.summary['crops']} crops, --cv 0, a fresh embedding cache; best of {repeats} pairs after a warm-up run; "
                 f"backbone {json.loads((result.bundle / 'manifest.json').read_text())['backbone']['name']}",
                 f"first: {describe(stages1)}", f"second: {describe(stages2)}",
                 f"the features step (backbone, embedding) is {stages1['features'] / first * 100:.0f} % of the first run and "
@@ -385,11 +391,11 @@ def sizes(quick: bool) -> dict:
     if quick:
         return dict(crops=32, crop_repeats=2, ks=[1, 8], naive_ks=[1], sam_repeats=1,
                     automatic=[dict(points_per_side=4, points_per_batch=16), dict(mode="tiled", tile_size=256, points_per_side=2)],
-                    images=20, memory=(10, 40), per_class=8)
+                    images=20, memory=(10, 40), per_class=8, train_repeats=1)
     return dict(crops=256, crop_repeats=5, ks=[1, 8, 32], naive_ks=[1, 8], sam_repeats=2,
                 automatic=[{}, dict(points_per_side=8), dict(points_per_side=8, points_per_batch=16), dict(points_per_side=4),
                            dict(mode="tiled", tile_size=256, points_per_side=4)],
-                images=200, memory=(50, 1000), per_class=40)
+                images=200, memory=(50, 1000), per_class=40, train_repeats=2)
 
 
 def print_row(row: Row) -> None:
@@ -432,7 +438,7 @@ def main() -> None:
             1: lambda: crop_classification(classifier, crops_dir, size["crops"], size["crop_repeats"], args.device),
             4: lambda: whole_image(classifier, images(size["images"], tmp), tmp),
             5: lambda: memory(args.model, *size["memory"], args.device),
-            6: lambda: retraining(crops_dir, tmp),
+            6: lambda: retraining(crops_dir, tmp, size["train_repeats"]),
             2: lambda: prompted_sam2(sam_image, size["ks"], size["naive_ks"], size["sam_repeats"], args.device),
             3: lambda: automatic_sam2(sam_image, size["automatic"], args.device),
         }

@@ -57,7 +57,7 @@ def main() -> None:
         cache = EmbeddingCache(work / "cache")
         base = ClassifierConfig(seed=args.seed)
         print(f"{'recipe':<42}{'minutes':>8}{'loss':>7}  subtype macro-F1 on the test part (seed {args.seed})")
-        rows = {"random weights": (None, base, 0.0)}
+        rows = {"random weights": (None, replace(base, weights="random"), 0.0)}
         for recipe in args.recipes:
             config = replace(parse(recipe), seed=args.seed, device=args.device)
             weights = work / f"{recipe.replace(':', '-')}.safetensors"
@@ -65,8 +65,6 @@ def main() -> None:
             summary = pretrain(work / "train", weights, config, progress=False)
             rows[recipe] = (summary["final_loss"], replace(base, weights=str(weights)), (time.perf_counter() - start) / 60)
         for name, (loss, config, minutes) in rows.items():
-            if name == "random weights":
-                config = replace(config, weights="random")
             scores = score_variants(taxonomy, train, test, config, cache, "", members=True)
             figures = "  ".join(f"{k.strip()} {v['subtype macro-F1']:.3f}" for k, v in scores.items())
             print(f"{name:<42}{minutes:>8.1f}{loss if loss is not None else float('nan'):>7.2f}  {figures}", flush=True)

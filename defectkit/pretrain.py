@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from defectkit.data.manifest import read_manifest
-from defectkit.embed import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, Embedder
+from defectkit.embed import DEFAULT_BACKBONE, Embedder
 from defectkit.errors import DefectkitError
 from defectkit.images import atomic_write_text, read_image, read_mask
 
@@ -32,10 +32,10 @@ METHODS = ("simclr", "supcon")
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    # The defaults were chosen by benchmarks/backbone_quality.py: SimCLR learns without labels, so
-    # the ensemble later trained on the same crops does not inherit a backbone that memorised their
-    # labels (SupCon did, and scored below random weights); 64 px with the mask as a channel keeps
-    # pretraining on every magnetic-tile crop within about 20 minutes on 2 CPU cores.
+    # SimCLR learns without labels, so the ensemble later trained on the same crops does not inherit
+    # a backbone that memorised their labels (SupCon backbones did, and scored below random weights
+    # in exploratory runs; benchmarks/pretrain_recipes.py re-measures both); 64 px with the mask as a
+    # channel keeps pretraining on every magnetic-tile crop within about 20 minutes on 2 CPU cores.
     backbone: str = DEFAULT_BACKBONE
     method: str = "simclr"
     epochs: int = 30

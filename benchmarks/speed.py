@@ -13,7 +13,9 @@ Prints six measurements, each with its target and PASS/FAIL, then one table and 
 3. automatic SAM2: seconds per image at the proposer's default settings, and with fewer points,
    other point batches and tiling (no target: the figures say what the settings cost).
 4. whole-image classify with the classical proposer: images/s over 200 images through the path of
-   ``defectkit classify``, with the share of each stage. Target: no stage but the networks' above 20 %.
+   ``defectkit classify``, with each stage's share of the work (its seconds, summed over the worker
+   thread that proposes ahead and the main thread), and the same images one at a time for
+   comparison. Target: no stage but the networks' above 20 %.
 5. memory: peak resident memory after 50 and after 1,000 images of that path (a fresh process).
    Target: growth <= 10 %.
 6. retraining: ``train`` twice on the same crops with a fresh embedding cache (``--cv 0``).
@@ -30,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import json
 import os
 import platform
+import pstats
 import resource
 import subprocess
 import sys
@@ -49,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets" / "magnetic-tile"
 EXAMPLES = ROOT / "examples" / "magnetic-tile"
 TAXONOMY = ROOT / "configs" / "taxonomy" / "magnetic-tile.yaml"
-NETWORK_STAGES = ("embed",)  # the classical proposer is not a network; SAM2's would be "propose"
+NETWORK_STAGES = ("embed",)
+HEAVY_BACKBONE = "resnet50"  # the classical proposer is not a network; SAM2's would be "propose"
 
 
 @dataclass
@@ -279,23 +284,66 @@ def automatic_sam2(image: np.ndarray, variants: list[dict], device: str) -> Row:
 
 # --- 4. whole-image classify -----------------------------------------------------------------------
 def whole_image(classifier, paths: list[Path], tmp: Path) -> Row:
-    from defectkit.classify import classify_images
+    from defectkit.classify import ClassifyOptions, classify_images
     from defectkit.timing import Timings
 
     classify_images(paths[:3], tmp / "warm", classifier, progress=False)  # first-call costs out of the figure
-    timings = Timings()
-    start = time.perf_counter()
-    report, rows = classify_images(paths, tmp / "whole", classifier, progress=False, timings=timings)
-    seconds = time.perf_counter() - start
+    runs = {}
+    for name, options in (("default", ClassifyOptions()), ("one at a time", ClassifyOptions(chunk_size=1, workers=0))):
+        timings = Timings()
+        start = time.perf_counter()
+        report, rows = classify_images(paths, tmp / name.replace(" ", "-"), classifier, options, progress=False, timings=timings)
+        runs[name] = (time.perf_counter() - start, timings, report, rows)
+    seconds, timings, report, rows = runs["default"]
     shares = timings.shares()
     worst = max((s for s in shares if s not in NETWORK_STAGES), key=shares.get)
     per_image = {s: timings.seconds[s] / len(paths) * 1000 for s in shares}
+    main_thread = sum(timings.seconds[s] for s in ("embed", "classify", "write"))
+    others = [s for s in shares if s not in NETWORK_STAGES and s != worst]
+    runner_up = max(others, key=shares.get)
+    single = runs["one at a time"]
+    channels = proposer_profile(classifier.proposer, paths) if classifier.proposer.name == "classical" else {}
     notes = [f"{len(paths)} images, {report.done} classified, {len(report.failed)} failed, {len(rows)} defects; "
-             f"{timings.total / seconds * 100:.0f} % of the wall time is in the named stages",
-             "stage shares: " + ", ".join(f"{s} {shares[s] * 100:.0f} % ({per_image[s]:.1f} ms)" for s in shares)]
-    return Row(4, "whole-image classify", f"{report.done / seconds:.1f} images/s; largest non-network stage: {worst} {shares[worst] * 100:.0f} %",
+             f"defaults: regions of {ClassifyOptions().chunk_size} images embedded and classified together, "
+             f"a worker thread reading and proposing ahead",
+             "share of the work (stage seconds summed over both threads): "
+             + ", ".join(f"{s} {shares[s] * 100:.0f} % ({per_image[s]:.1f} ms)" for s in shares),
+             f"next largest non-network stage: {runner_up} {shares[runner_up] * 100:.0f} %",
+             *([f"the classical proposer's own time, ms an image (alone, one thread): "
+                + ", ".join(f"{name} {ms:.1f}" for name, ms in channels.items())] if channels else []),
+             f"wall: {seconds / len(paths) * 1000:.1f} ms an image; the stages add up to {timings.total / seconds * 100:.0f} % of it; "
+             f"the main thread (embed, classify, write) is busy {main_thread / seconds * 100:.0f} % of it and waits for the worker the rest",
+             f"one image at a time, no worker (the path before batching): {single[2].done / single[0]:.1f} images/s, "
+             f"classify {single[1].shares()['classify'] * 100:.0f} %, embed {single[1].shares()['embed'] * 100:.0f} %; "
+             f"same defects: {[(r['subtype'], r['area']) for r in single[3]] == [(r['subtype'], r['area']) for r in rows]}"]
+    return Row(4, "whole-image classify", f"{report.done / seconds:.1f} images/s; largest non-network stage: {worst} {shares[worst] * 100:.0f} % of the work",
                "no non-network stage > 20 %", shares[worst] <= 0.2, notes,
-               {"images": len(paths), "seconds": seconds, "shares": shares, "ms_per_image": per_image})
+               {"images": len(paths), "seconds": seconds, "shares": shares, "ms_per_image": per_image,
+                "one_at_a_time_seconds": single[0], "one_at_a_time_shares": single[1].shares(), "proposer_ms": channels})
+
+
+def proposer_profile(proposer, paths: list[Path]) -> dict[str, float]:
+    """Milliseconds an image in each channel of the classical proposer (and in choosing among them)."""
+    import cv2
+
+    from defectkit.images import gray, read_image
+    from defectkit.propose.classical import CHANNELS
+
+    seconds = dict.fromkeys(["gradient", *CHANNELS, "select"], 0.0)
+    for path in paths:
+        g = gray(read_image(path))
+        start = time.perf_counter()
+        streaks = np.abs(cv2.Sobel(g.astype(np.float32), cv2.CV_32F, 1, 0, ksize=3))  # as candidates() does
+        seconds["gradient"] += time.perf_counter() - start
+        found = []
+        for name in CHANNELS:
+            start = time.perf_counter()
+            found += proposer.channel(name, g, streaks)
+            seconds[name] += time.perf_counter() - start
+        start = time.perf_counter()
+        proposer.select(found, g.size)
+        seconds["select"] += time.perf_counter() - start
+    return {name: value / len(paths) * 1000 for name, value in seconds.items()}
 
 
 # --- 5. memory -------------------------------------------------------------------------------------
@@ -345,14 +393,15 @@ def retraining(crops_dir: Path, tmp: Path, repeats: int) -> Row:
     from defectkit.embed import EmbeddingCache
     from defectkit.taxonomy import Taxonomy
     from defectkit.timing import Timings
+    from defectkit.threads import cpu_count
     from defectkit.training import train
 
-    def run(name: str, cache) -> tuple[float, dict, object]:
+    def run(name: str, cache, jobs=None, config=ClassifierConfig()) -> tuple[float, dict, object]:
         timings = Timings()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = train(crops_dir, Taxonomy.load(TAXONOMY), tmp / name, ClassifierConfig(), cv=0, cache=cache,
-                           progress=False, timings=timings)
+            result = train(crops_dir, Taxonomy.load(TAXONOMY), tmp / name, config, cv=0, cache=cache,
+                           progress=False, timings=timings, jobs=jobs)
         return result.seconds, dict(timings.seconds), result
 
     run("warm-up", None)  # first-call costs of the process out of the figures
@@ -363,14 +412,28 @@ def retraining(crops_dir: Path, tmp: Path, repeats: int) -> Row:
         warm.append(run(f"warm-{repeat}", cache))
     (first, stages1, _), (second, stages2, result) = min(cold, key=lambda r: r[0]), min(warm, key=lambda r: r[0])
     speedup = first / second
+    profile = cProfile.Profile()  # one thread, so that the profile sees every fit
+    profile.runcall(run, "profiled", cache, 1)
+    stats = pstats.Stats(profile).stats
+    one_thread = max(entry[3] for entry in stats.values())
+    xgboost = sum(entry[3] for (file, _, function), entry in stats.items() if function == "fit" and file.endswith("xgboost/sklearn.py"))
+    heavy = ClassifierConfig(backbone=HEAVY_BACKBONE, weights="random", image_size=224)  # random weights: the time is the same
+    heavy_cache = EmbeddingCache(tmp / "cache-heavy")
+    heavy_first, heavy_second = run("heavy-cold", heavy_cache, config=heavy)[0], run("heavy-warm", heavy_cache, config=heavy)[0]
     describe = lambda stages: ", ".join(f"{k} {v:.2f} s" for k, v in stages.items() if k != "cv")  # noqa: E731
     return Row(6, "retraining", f"{first:.1f} s then {second:.1f} s = {speedup:.1f} x faster", ">= 5 x faster", speedup >= 5,
                [f"{result.summary['crops']} crops, --cv 0, a fresh embedding cache; best of {repeats} pairs after a warm-up run; "
                 f"backbone {json.loads((result.bundle / 'manifest.json').read_text())['backbone']['name']}",
                 f"first: {describe(stages1)}", f"second: {describe(stages2)}",
                 f"the features step (backbone, embedding) is {stages1['features'] / first * 100:.0f} % of the first run and "
-                f"{stages1['features'] / stages2['features']:.1f} x faster from the cache; the model fit is the same work both times"],
-               {"first_s": first, "second_s": second, "speedup": speedup, "stages_first": stages1, "stages_second": stages2})
+                f"{stages1['features'] / stages2['features']:.1f} x faster from the cache; the model fit is the same work both times "
+                f"(its folds on {cpu_count()} threads)",
+                f"cProfile of the second run on one thread ({one_thread:.1f} s): XGBoost's fits {xgboost / one_thread * 100:.0f} % "
+                "(5 out-of-fold fits and 1 final fit per stack, 3 stacks)",
+                f"with a backbone whose embedding costs more ({HEAVY_BACKBONE} at 224 px, once each): {heavy_first:.1f} s then "
+                f"{heavy_second:.1f} s = {heavy_first / heavy_second:.1f} x faster"],
+               {"first_s": first, "second_s": second, "speedup": speedup, "stages_first": stages1, "stages_second": stages2,
+                "xgboost_share_one_thread": xgboost / one_thread, "heavy": {"backbone": HEAVY_BACKBONE, "first_s": heavy_first, "second_s": heavy_second}})
 
 
 # --- the run ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -76,43 +76,73 @@ class BatchReport:
         return self.out / ERRORS
 
 
+Outcome = tuple[Path, "np.ndarray | None", object]  # (path, image, analysis or the exception that stopped it)
+Outcomes = Callable[[Iterable[Path]], Iterator[Outcome]]
+
+
+def read_each(analyse: Callable[[Path, np.ndarray], object], timings: Timings | None = None) -> Outcomes:
+    """The outcomes of ``analyse(path, image)`` on each image read in turn (``read`` timed)."""
+
+    def outcomes(paths: Iterable[Path]) -> Iterator[Outcome]:
+        for path in paths:
+            try:
+                with stage(timings, "read"):
+                    image = read_image(path)
+                yield path, image, analyse(path, image)
+            except Exception as exc:  # one bad image must not end a run over thousands
+                yield path, None, exc
+
+    return outcomes
+
+
 def run_batch(
     paths: list[Path],
     out: str | Path,
-    process: Callable[[Path, str, np.ndarray], None],
-    done: Callable[[Path, str], bool] | None = None,
+    outcomes: Outcomes,
+    process: Callable[[Path, str, np.ndarray, object], None],
+    earlier: Callable[[Path, str], Callable[[], None] | None] | None = None,
     progress: bool = True,
     desc: str = "images",
-    timings: Timings | None = None,
 ) -> BatchReport:
-    """Call ``process(path, name, image)`` for each image (read as RGB uint8) in turn.
+    """Call ``process(path, name, image, analysis)`` for each outcome of ``outcomes(paths)``, in
+    the order of ``paths`` (``outcomes`` yields one per path, in order, and may work ahead).
 
-    ``done(path, name)`` returning True skips an image (resume). An image whose reading or
-    processing raises is recorded in ``out/errors.jsonl`` (image, error type, message), rewritten
-    atomically after each failure, and the run goes on. ``errors.jsonl`` is always written: empty
-    when nothing failed. ``timings`` adds the seconds spent reading images (``read``).
+    ``earlier(path, name)`` returning a function skips an image (resume): it is asked for every
+    image first, and the function it returned is called in the image's turn. An image whose
+    analysis or processing raised is recorded in ``out/errors.jsonl`` (image, error type,
+    message), rewritten atomically after each failure, and the run goes on. ``errors.jsonl`` is
+    always written: empty when nothing failed.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = BatchReport(out)
     names = output_names(paths)
     start = time.perf_counter()
+    taken = {path: earlier(path, names[path]) for path in paths} if earlier is not None else {}
+    skip = {path: take for path, take in taken.items() if take is not None}
+    stream = outcomes(path for path in paths if path not in skip)
     bar = tqdm(paths, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
-    for path in bar:
-        name = names[path]
-        if done is not None and done(path, name):
-            report.skipped += 1
-            continue
-        try:
-            with stage(timings, "read"):
-                image = read_image(path)
-            process(path, name, image)
-            report.done += 1
-        except Exception as exc:  # one bad image must not end a run over thousands
-            report.failed.append({"image": str(path), "error": type(exc).__name__, "message": str(exc)})
-            _write_errors(report)
-            bar.set_postfix(failed=len(report.failed))
-    bar.close()
+    try:
+        for path in bar:
+            if path in skip:
+                skip[path]()
+                report.skipped += 1
+                continue
+            given, image, analysis = next(stream)
+            if given != path:
+                raise RuntimeError(f"outcomes out of order: {given} came for {path}")
+            try:
+                if isinstance(analysis, Exception):
+                    raise analysis
+                process(path, names[path], image, analysis)
+                report.done += 1
+            except Exception as exc:  # one bad image must not end a run over thousands
+                report.failed.append({"image": str(path), "error": type(exc).__name__, "message": str(exc)})
+                _write_errors(report)
+                bar.set_postfix(failed=len(report.failed))
+    finally:
+        bar.close()
+        stream.close()  # stops work ahead on images nobody will read (an interrupt)
     report.seconds = time.perf_counter() - start
     _write_errors(report)
     return report
@@ -125,7 +155,7 @@ def _write_errors(report: BatchReport) -> None:
 def write_results(
     inputs: list[str | Path],
     out: str | Path,
-    analyse: Callable[[Path, np.ndarray], tuple[dict, list]],
+    outcomes: Outcomes,
     coco,
     overlays: bool = True,
     resume: bool = False,
@@ -136,11 +166,12 @@ def write_results(
     progress: bool = True,
     timings: Timings | None = None,
 ) -> tuple[BatchReport, list[dict]]:
-    """Run ``analyse(path, image) -> (image record, defects)`` over the images of ``inputs`` and
-    write per image ``<name>.json`` (and ``<name>.png`` overlays), and for the run the CSV (one row
-    per defect), ``coco_file`` (``coco``, a CocoWriter) and ``errors.jsonl``. With ``resume``,
-    images whose JSON is already in ``out`` are read back instead of analysed again. ``timings``
-    adds the seconds of ``read`` and ``write`` (``analyse`` may add its own stages)."""
+    """Take the analysis ``(image record, defects)`` of each image of ``inputs`` from ``outcomes``
+    (a generator function, see :func:`read_each`) and write per image ``<name>.json`` (and
+    ``<name>.png`` overlays), and for the run the CSV (one row per defect), ``coco_file``
+    (``coco``, a CocoWriter) and ``errors.jsonl``. With ``resume``,
+    images whose JSON is already in ``out`` are read back instead of analysed again, and keep their
+    place in the CSV and COCO. ``timings`` adds the seconds of ``write``."""
     from defectkit.export import csv_rows, defects_from_record, write_csv, write_json, write_overlay
 
     out = Path(out)
@@ -150,8 +181,8 @@ def write_results(
         raise DefectkitError(f"{clash} would be overwritten by its own overlay: choose an --out folder apart from the inputs")
     rows: list[dict] = []
 
-    def process(path: Path, name: str, image: np.ndarray) -> None:
-        record, defects = analyse(path, image)
+    def process(path: Path, name: str, image: np.ndarray, analysis: tuple[dict, list]) -> None:
+        record, defects = analysis
         with stage(timings, "write"):
             write_json(out / f"{name}.json", record)
             if overlays:
@@ -159,20 +190,23 @@ def write_results(
             coco.add(path, tuple(record["size"]), defects)
             rows.extend(csv_rows(defects))
 
-    def done(path: Path, name: str) -> bool:
+    def earlier(path: Path, name: str):
         result = out / f"{name}.json"
         if not (resume and result.is_file()):
-            return False
+            return None
         try:
             record = json.loads(result.read_text())
             defects = defects_from_record(record)
         except (ValueError, KeyError, TypeError):
-            return False  # an unreadable earlier result: do the image again
-        coco.add(record["image"], tuple(record["size"]), defects)
-        rows.extend(csv_rows(defects))
-        return True
+            return None  # an unreadable earlier result: do the image again
 
-    report = run_batch(paths, out, process, done=done, progress=progress, desc=desc, timings=timings)
+        def take() -> None:
+            coco.add(record["image"], tuple(record["size"]), defects)
+            rows.extend(csv_rows(defects))
+
+        return take
+
+    report = run_batch(paths, out, outcomes, process, earlier, progress=progress, desc=desc)
     write_csv(out / csv_file, rows)
     if coco_file:
         coco.write(out / coco_file, kind=coco_kind)

@@ -11,11 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from defectkit.batch import BatchReport, write_results
 from defectkit.export import CocoWriter
-from defectkit.pipeline import UNCERTAIN, DefectClassifier
+from defectkit.pipeline import CHUNK_IMAGES, UNCERTAIN, DefectClassifier
 from defectkit.timing import Timings
 
 SUMMARY_CSV = "summary.csv"
@@ -27,6 +25,8 @@ class ClassifyOptions:
     coco: bool = False
     overlays: bool = True
     resume: bool = False
+    chunk_size: int = CHUNK_IMAGES  # images embedded and classified together
+    workers: int = 1  # threads proposing ahead (0: none)
 
 
 def classify_images(inputs: list[str | Path], out: str | Path, classifier: DefectClassifier,
@@ -38,10 +38,10 @@ def classify_images(inputs: list[str | Path], out: str | Path, classifier: Defec
     coco = CocoWriter(categories=[*taxonomy.subtypes, UNCERTAIN],
                       supercategories={s: taxonomy.category_of(s) for s in taxonomy.subtypes})
 
-    def analyse(path: Path, image: np.ndarray):
-        result = classifier.classify(image, image_path=path, timings=timings)
-        return result.to_json(), result.defects
+    def outcomes(paths):
+        for path, image, result in classifier.stream(paths, timings, options.chunk_size, options.workers):
+            yield path, image, result if isinstance(result, Exception) else (result.to_json(), result.defects)
 
-    return write_results(inputs, out, analyse, coco, overlays=options.overlays, resume=options.resume,
+    return write_results(inputs, out, outcomes, coco, overlays=options.overlays, resume=options.resume,
                          csv_file=SUMMARY_CSV, coco_file=COCO_FILE if options.coco else None,
                          desc="classify", progress=progress, timings=timings)

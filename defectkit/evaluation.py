@@ -17,6 +17,7 @@ from defectkit.features import FeatureSpec, build_features
 from defectkit.labelled import LabelledCrops, check_trainable, load_labelled
 from defectkit.metrics import report
 from defectkit.taxonomy import BACKGROUND, Taxonomy
+from defectkit.threads import parallel_folds
 
 MEMBERS = ("xgb", "knn", "logreg")
 BASELINES = (*MEMBERS, "flat stack", "hierarchy")
@@ -127,7 +128,8 @@ def evaluate_cv(
     check_trainable(crops)
     spec = config.feature_spec()
     X = build_features(crops.records, spec, config.embedder(), cache, progress)
-    return cross_validate(X, crops, taxonomy, config, spec, k, baselines, progress)
+    with parallel_folds():
+        return cross_validate(X, crops, taxonomy, config, spec, k, baselines, progress)
 
 
 def evaluate_bundle(dataset: str | Path, model_dir: str | Path, cache=None, progress: bool = True) -> dict:

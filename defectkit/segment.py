@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from defectkit.batch import BatchReport, write_results
+from defectkit.batch import BatchReport, read_each, write_results
 from defectkit.defect import Defect
 from defectkit.export import CocoWriter, image_record
 from defectkit.geometry import defects_from_mask
@@ -56,6 +56,6 @@ def segment(inputs: list[str | Path], out: str | Path, proposer: Proposer, optio
         defects = polygonize(proposer, image, path, options.min_area, options.polygon_tolerance)
         return image_record(path, (image.shape[1], image.shape[0]), defects, proposer=description), defects
 
-    report, _ = write_results(inputs, out, analyse, CocoWriter(), overlays=options.overlays, resume=options.resume,
+    report, _ = write_results(inputs, out, read_each(analyse), CocoWriter(), overlays=options.overlays, resume=options.resume,
                               csv_file=CSV_FILE, coco_file=COCO_FILE, desc="segment", progress=progress)
     return report

@@ -7,9 +7,15 @@ another process busy on one core: a per-image crop batch through the backbone 20
 torch's default threads; the kNN of one image's classification 15x slower and ``train``'s model
 fit 2x slower (its PCA 20x) with scikit-learn's OpenMP and OpenBLAS at 2 threads. Scale out with
 processes instead.
+
+Coarse pieces are another matter: the folds of a stack's out-of-fold fits are whole XGBoost and
+logistic-regression fits, and run side by side on threads (:func:`parallel_folds`), each on its one
+compute thread: ``train``'s fit 1.4x faster on 2 cores, the same model.
 """
 
 from __future__ import annotations
+
+import os
 
 
 def use_one_thread() -> None:
@@ -22,3 +28,17 @@ def use_one_thread() -> None:
 
     torch.set_num_threads(1)
     threadpool_limits(1)
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parallel_folds(jobs: int | None = None):
+    """A context in which scikit-learn's fold loops (``cross_val_predict`` in each stack's fit) run
+    on ``jobs`` threads (None: one per CPU). XGBoost, scikit-learn's solvers and BLAS let go of the
+    GIL while they work; the fitted models are the same as one fold after another."""
+    from joblib import parallel_config
+
+    return parallel_config(backend="threading", n_jobs=jobs or cpu_count())

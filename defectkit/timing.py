@@ -11,16 +11,20 @@ it costs one ``nullcontext``.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import defaultdict
 
 
 class Timings:
-    """Seconds and call counts per stage (in the order the stages were first seen)."""
+    """Seconds and call counts per stage (in the order the stages were first seen). Stages may run
+    on several threads at once (see :mod:`defectkit.streaming`): then their seconds add up to more
+    than the wall time."""
 
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -28,8 +32,9 @@ class Timings:
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - start
-            self.calls[name] += 1
+            with self._lock:
+                self.seconds[name] += time.perf_counter() - start
+                self.calls[name] += 1
 
     @property
     def total(self) -> float:

@@ -13,6 +13,7 @@ from defectkit.evaluation import CVResult, cross_validate
 from defectkit.features import build_features
 from defectkit.labelled import check_trainable, load_labelled
 from defectkit.taxonomy import Taxonomy
+from defectkit.threads import parallel_folds
 from defectkit.timing import Timings, stage
 
 
@@ -34,10 +35,11 @@ def train(
     cache=None,
     progress: bool = True,
     timings: Timings | None = None,
+    jobs: int | None = None,
 ) -> TrainResult:
     """Embed the crops, estimate quality by grouped ``cv``-fold CV (0: skip), fit on all crops, save.
     ``timings`` adds the seconds of ``features`` (backbone built, crops embedded or taken from the
-    cache), ``cv``, ``fit`` and ``save``."""
+    cache), ``cv``, ``fit`` and ``save``. ``jobs`` threads fit the stacks' folds (None: one per CPU)."""
     start = time.perf_counter()
     with stage(timings, "features"):
         crops = load_labelled(dataset, taxonomy)
@@ -45,10 +47,11 @@ def train(
         spec = config.feature_spec()
         embedder = config.embedder()
         X = build_features(crops.records, spec, embedder, cache, progress)
-    with stage(timings, "cv"):
-        result = cross_validate(X, crops, taxonomy, config, spec, cv, progress=progress) if cv else None
-    with stage(timings, "fit"):
-        model = config.model(taxonomy, spec).fit(X, crops.subtypes)
+    with parallel_folds(jobs):
+        with stage(timings, "cv"):
+            result = cross_validate(X, crops, taxonomy, config, spec, cv, progress=progress) if cv else None
+        with stage(timings, "fit"):
+            model = config.model(taxonomy, spec).fit(X, crops.subtypes)
     summary = {**crops.summary(), "config": config.to_dict(), "crop": crop_settings(dataset)}
     metrics = result.to_dict() if result else {}
     metrics.pop("confusion", None)

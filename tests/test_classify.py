@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from defectkit.classifier import ClassifierConfig
-from defectkit.classify import classify_images
+from defectkit.classify import ClassifyOptions, classify_images
 from defectkit.cli import app
 from defectkit.crops import CropSpec
 from defectkit.extract import ExtractOptions, extract
@@ -75,16 +75,55 @@ def test_classify_records_the_time_of_each_stage(model, tmp_path):
     paths = sorted((test / "MT_Blowhole").glob("*.jpg")) + sorted((test / "MT_Crack").glob("*.jpg"))
     timings = Timings()
     start = time.perf_counter()
-    report, _ = classify_images(paths, tmp_path / "out", classifier, progress=False, timings=timings)
+    options = ClassifyOptions(chunk_size=4, workers=0)  # on this thread only: stage seconds add up to at most the wall time
+    report, _ = classify_images(paths, tmp_path / "out", classifier, options, progress=False, timings=timings)
     wall = time.perf_counter() - start
     assert list(timings.seconds) == ["read", "propose", "polygonize", "crop", "embed", "classify", "write"]
-    assert timings.calls["read"] == timings.calls["write"] == report.done == len(paths)
-    assert timings.calls["propose"] == timings.calls["embed"] == timings.calls["classify"] == len(paths)
+    assert timings.calls["read"] == timings.calls["propose"] == timings.calls["write"] == report.done == len(paths) == 6
+    assert timings.calls["embed"] == timings.calls["classify"] == 2  # one pass per chunk of 4 images
     assert 0.5 * wall <= timings.total <= wall  # the stages are most of the run, and none is counted twice
     assert sum(timings.shares().values()) == pytest.approx(1)
     again = Timings()
     classifier.classify(paths[0], timings=again)  # a path: the classifier reads it
     assert again.calls["read"] == 1 and again.total > 0
+
+
+def test_stream_in_chunks_with_a_worker_gives_the_results_of_one_image_at_a_time(model, tmp_path):
+    bundle, test = model
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    paths = sorted((test / "MT_Blowhole").glob("*.jpg")) + sorted((test / "MT_Crack").glob("*.jpg"))
+    paths.insert(3, broken)
+    classifier = DefectClassifier.load(bundle, create_proposer("given"), keep_background=True)
+    alone = [classifier.classify(path) if path != broken else None for path in paths]
+    streamed = list(classifier.stream(paths, chunk_size=4, workers=1))
+    assert [path for path, _, _ in streamed] == paths
+    for (path, image, result), expected in zip(streamed, alone):
+        if expected is None:
+            assert image is None and isinstance(result, Exception)
+            continue
+        assert image.shape == (120, 160, 3) and result.image == str(path)
+        assert [(d.subtype, d.area) for d in result.defects] == [(d.subtype, d.area) for d in expected.defects]
+        assert [d.confidence for d in result.defects] == pytest.approx([d.confidence for d in expected.defects], abs=1e-5)
+
+
+def test_a_region_that_breaks_its_chunk_fails_only_its_own_image(model, monkeypatch):
+    bundle, test = model
+    paths = sorted((test / "MT_Crack").glob("*.jpg"))
+    classifier = DefectClassifier.load(bundle, create_proposer("given"))
+    bad = str(paths[1])
+    classify_regions = classifier._classify_regions
+
+    def fussy(images, timings):
+        if any(regions.path == bad for regions in images):
+            raise ValueError("a region the backbone cannot take")
+        classify_regions(images, timings)
+
+    monkeypatch.setattr(classifier, "_classify_regions", fussy)
+    results = list(classifier.classify_batch(paths, chunk_size=8))
+    assert [r.error is not None for r in results] == [False, True, False]
+    assert "a region the backbone cannot take" in results[1].error
+    assert all(r.defects for r in results if r.error is None)
 
 
 def test_classify_names_the_defects_on_new_images(model):

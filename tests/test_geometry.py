@@ -4,7 +4,7 @@ import pytest
 
 from defectkit.crops import CropSpec, crop_region, crop_window
 from defectkit.defect import Defect
-from defectkit.geometry import FEATURE_NAMES, Region, connected_regions, defects_from_mask, describe
+from defectkit.geometry import FEATURE_NAMES, Region, connected_regions, defects_from_mask, describe, dilate_disc
 from tests.conftest import textured
 
 
@@ -139,3 +139,16 @@ def test_connected_regions_are_eight_connected():
 def test_describe_single_pixel_region():
     defect = describe(Region(5, 5, np.ones((1, 1), dtype=bool)), textured())
     assert defect.area == 1 and defect.edges >= 1
+
+
+@pytest.mark.parametrize("radius", [3, 23, 24, 31, 60])
+def test_dilate_disc_equals_opencv_elliptic_dilation(radius):
+    rng = np.random.default_rng(radius)
+    for height, width in ((radius // 2 + 1, 3 * radius), (4 * radius, 5 * radius)):
+        mask = np.zeros((height, width), np.uint8)
+        for _ in range(3):
+            cv2.ellipse(mask, (int(rng.integers(width)), int(rng.integers(height))),
+                        (int(rng.integers(1, radius)), int(rng.integers(1, radius))), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        mask[rng.random(mask.shape) < 0.01] = 1  # stray pixels near the borders too
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        assert np.array_equal(dilate_disc(mask, radius), cv2.dilate(mask, kernel))

@@ -10,6 +10,7 @@ geometry block, see :mod:`defectkit.features`).
 from __future__ import annotations
 
 import numpy as np
+from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.utils.multiclass import check_classification_targets
@@ -70,7 +71,8 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
         folds = StratifiedKFold(min(self.cv, int(counts.min())), shuffle=True, random_state=self.random_state)
         members = self._members()
         out_of_fold = [cross_val_predict(clone(est), X, encoded, cv=folds, method="predict_proba") for _, est in members]
-        self.estimators_ = [clone(est).fit(X, encoded) for _, est in members]
+        # side by side in a joblib context (defectkit.threads.parallel_folds), else one after another
+        self.estimators_ = Parallel()(delayed(clone(est).fit)(X, encoded) for _, est in members)
         self.named_estimators_ = {name: est for (name, _), est in zip(members, self.estimators_)}
         final = default_final_estimator() if self.final_estimator is None else self.final_estimator
         self.final_estimator_ = clone(final).fit(self._stacked(out_of_fold, X), encoded)

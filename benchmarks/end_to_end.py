@@ -4,7 +4,12 @@ and match the defects found to the ground-truth regions (IoU >= 0.3; thin cracks
 Prints, side by side: the `given` proposer (ground-truth regions: classification errors only), the
 `classical` proposer, and the classical proposer with a model trained with its hard negatives.
 
-    .venv/bin/python benchmarks/end_to_end.py [--src ../shared/datasets/magnetic-tile] [--seed 0]
+The backbone (``--backbone``): ``pretrain`` (default) pretrains one with the ``pretrain`` defaults
+on the training part's crops only, as ``benchmarks/backbone_quality.py`` does; ``random`` keeps
+random weights; ``shipped`` takes checkpoints/defectkit-backbone.safetensors, which was pretrained
+(without labels) on every image, the held-out ones too, so its figures are optimistic.
+
+    .venv/bin/python benchmarks/end_to_end.py [--src ../shared/datasets/magnetic-tile] [--seed 0] [--backbone pretrain]
 """
 
 from __future__ import annotations
@@ -12,18 +17,19 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from defectkit.classifier import ClassifierConfig
-
 from defectkit.data.manifest import read_manifest, write_manifest
 from defectkit.data.split import split_records
 from defectkit.defect import Defect
 from defectkit.export import defect_mask
 from defectkit.extract import ExtractOptions, extract
 from defectkit.pipeline import DefectClassifier
+from defectkit.pretrain import PretrainConfig, pretrain
 from defectkit.propose import create_proposer
 from defectkit.taxonomy import BACKGROUND, Taxonomy
 from defectkit.training import train
@@ -54,8 +60,9 @@ def score(classifier: DefectClassifier, images: dict[str, list[dict]], subtypes:
     image_right = 0
     false_alarms = []
     start = time.perf_counter()
-    for image, truths in images.items():
-        result = classifier.classify(image)
+    for (image, truths), result in zip(images.items(), classifier.classify_batch(list(images))):
+        if result.error:
+            raise RuntimeError(f"{image}: {result.error}")
         shape = (result.size[1], result.size[0])
         predicted = [d for d in result.defects if d.category != BACKGROUND]
         truth_masks = [defect_mask(Defect.from_dict(t)) for t in truths]
@@ -95,6 +102,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/defectkit-bench/end-to-end"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=0, help="Score only this many test images (0: all).")
+    parser.add_argument("--backbone", choices=["pretrain", "random", "shipped"], default="pretrain",
+                        help="pretrain on the training part (default), random weights, or the shipped backbone (has seen the test images)")
+    parser.add_argument("--reuse", action="store_true", help="keep a backbone pretrained earlier in --work")
     args = parser.parse_args()
     taxonomy = Taxonomy.load(ROOT / "configs" / "taxonomy" / "magnetic-tile.yaml")
     work = args.work
@@ -120,7 +130,10 @@ def main() -> None:
     write_manifest(work / "train-negatives" / "manifest.jsonl", with_negatives)
     (work / "train-negatives" / "extract.json").write_bytes((plain / "extract.json").read_bytes())
 
-    config = ClassifierConfig(seed=args.seed)
+    weights = {"random": "random", "shipped": "default"}.get(args.backbone, str(work / "backbone.safetensors"))
+    if args.backbone == "pretrain" and not (args.reuse and Path(weights).is_file()):
+        pretrain(work / "train", weights, replace(PretrainConfig(), seed=args.seed), progress=False)
+    config = ClassifierConfig(seed=args.seed, weights=weights)
     train(work / "train", taxonomy, work / "model", config, cv=0, progress=False)
     train(work / "train-negatives", taxonomy, work / "model-negatives", config, cv=0, progress=False)
 
@@ -135,7 +148,7 @@ def main() -> None:
     n_free = sum(1 for t in test_images.values() if not t)
     print(f"split seed {args.seed}: {len(test_images)} held-out images ({len(test_images) - n_free} defective, {n_free} defect-free); "
           f"{len(train_part)} training crops, {sum(r['origin'] == 'negative' for r in with_negatives)} hard negatives added")
-    print(f"matching: IoU >= {IOU}; backbone weights: {config.weights}")
+    print(f"matching: IoU >= {IOU}; backbone: {args.backbone} ({config.weights})")
     header = f"{'':<28}" + "".join(f"{name:>28}" for name in results)
     print(header)
     for s in next(iter(results.values()))["per_class"]:

@@ -358,16 +358,16 @@ def memory_worker(model: Path, first: int, total: int, device: str) -> None:
         paths = images(total, Path(tmp))
         classifier = load_classifier(model, device)
         peaks, calls = {}, [0]
-        classify = classifier.classify
+        stream = classifier.stream
 
-        def counted(*args, **kwargs):
-            result = classify(*args, **kwargs)
-            calls[0] += 1
-            if calls[0] == first:
-                peaks["first"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            return result
+        def counted(*args, **kwargs):  # the peak when the first ``first`` results have come out
+            for outcome in stream(*args, **kwargs):
+                calls[0] += 1
+                if calls[0] == first:
+                    peaks["first"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                yield outcome
 
-        classifier.classify = counted
+        classifier.stream = counted
         report, _ = classify_images(paths, Path(tmp) / "out", classifier, progress=False)
         peaks["all"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"first": first, "total": total, "done": report.done, "peak_kib": peaks}))

@@ -148,3 +148,18 @@ def test_the_shipped_default_backbone_is_used_without_a_warning(recwarn):
     mask[30:50, 20:60] = True
     vector = embedder.embed([crop], [mask])
     assert vector.shape == (1, embedder.dim) and np.isfinite(vector).all()
+
+
+def test_batches_prepared_on_a_worker_give_the_vectors_of_one_batch_at_a_time(embedder, records, monkeypatch):
+    from defectkit.images import read_image, read_mask
+
+    crops = [read_image(r["crop_path"]) for r in records]
+    masks = [read_mask(r["mask_path"]) > 0 for r in records]
+    whole = embedder.embed(crops, masks)  # one batch of all
+    monkeypatch.setattr(embedder, "batch_size", 3)
+    sizes = []
+    forward = embedder._forward
+    monkeypatch.setattr(embedder, "_forward", lambda batch: sizes.append(len(batch)) or forward(batch))
+    np.testing.assert_allclose(embedder.embed(crops, masks), whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(embedder.embed_records(records), whole, rtol=1e-5, atol=1e-5)
+    assert len(records) > 6 and sizes == 2 * ([3] * (len(records) // 3) + ([len(records) % 3] if len(records) % 3 else []))

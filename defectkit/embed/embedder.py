@@ -14,6 +14,7 @@ from defectkit.embed.backbone import DEFAULT_BACKBONE, build_backbone, resolve_w
 from defectkit.embed.cache import EmbeddingCache, content_key
 from defectkit.errors import DefectkitError
 from defectkit.images import read_image, read_mask
+from defectkit.streaming import ahead
 
 DEFAULT_IMAGE_SIZE = 96
 # How the region's mask reaches the backbone:
@@ -98,11 +99,19 @@ class Embedder:
     def embed(self, crops: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
         """Embed in-memory crops (uint8 RGB) and their boolean masks; returns (n, dim) float32."""
         masks = masks if masks is not None else [None] * len(crops)
-        out = [np.zeros((0, self.dim), np.float32)]
-        for start in range(0, len(crops), self.batch_size):
-            batch = np.stack([self.prepare(c, m) for c, m in zip(crops[start : start + self.batch_size], masks[start : start + self.batch_size])])
-            out.append(self._forward(batch))
-        return np.concatenate(out)
+        size = self.batch_size
+        starts = range(0, len(crops), size)
+        return self._embed_batches(lambda start: self._batch(crops[start : start + size], masks[start : start + size]), starts)
+
+    def _batch(self, crops: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]) -> np.ndarray:
+        return np.stack([self.prepare(c, m) for c, m in zip(crops, masks)])
+
+    def _embed_batches(self, load, parts: Sequence) -> np.ndarray:
+        """The vectors of ``load(part)`` (a prepared batch) for each part, in order. With more than
+        one batch, a worker thread loads the next batch while the backbone runs on this one (the
+        backbone uses one CPU thread, see :mod:`defectkit.threads`)."""
+        batches = ahead(load, parts, depth=1, workers=int(len(parts) > 1))
+        return np.concatenate([np.zeros((0, self.dim), np.float32), *(self._forward(batch) for batch in batches)])
 
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> np.ndarray:
@@ -120,19 +129,19 @@ class Embedder:
         keys = [content_key(r["crop_path"], r.get("mask_path")) for r in records]
         known = cache.load(self.identity) if cache is not None else {}
         todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.items(), key=lambda item: item[1])
-        new_keys, new_vectors = [], []
-        bar = tqdm(total=len(todo), desc="embed", unit="crop", disable=not progress or not todo)
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start : start + self.batch_size]
+        chunks = [todo[start : start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
+
+        def load(chunk: list[tuple[str, int]]) -> np.ndarray:
             crops = [read_image(records[i]["crop_path"]) for _, i in chunk]
             masks = [read_mask(records[i]["mask_path"]) if records[i].get("mask_path") and self.mask_mode != "none" else None
                      for _, i in chunk]  # mask_mode "none" does not look at masks: do not decode them
-            new_vectors.append(self.embed(crops, masks))
-            new_keys.extend(k for k, _ in chunk)
             bar.update(len(chunk))
-        bar.close()
+            return self._batch(crops, masks)
+
+        with tqdm(total=len(todo), desc="embed", unit="crop", disable=not progress or not todo) as bar:
+            vectors = self._embed_batches(load, chunks)
+        new_keys = [k for k, _ in todo]
         if new_keys:
-            vectors = np.concatenate(new_vectors)
             known.update(zip(new_keys, vectors))
             if cache is not None:
                 cache.save(self.identity, new_keys, vectors)

@@ -26,7 +26,7 @@ class ClassifyOptions:
     overlays: bool = True
     resume: bool = False
     chunk_size: int = CHUNK_IMAGES  # images embedded and classified together
-    workers: int = 1  # threads proposing ahead (0: none)
+    workers: int = 1  # a thread proposing ahead (0: none)
 
 
 def classify_images(inputs: list[str | Path], out: str | Path, classifier: DefectClassifier,

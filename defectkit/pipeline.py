@@ -100,12 +100,15 @@ class DefectClassifier:
         """``(path, image, result)`` for each image path in order; ``result`` is the exception that
         stopped an image that could not be read or classified (the stream goes on).
 
-        ``workers`` threads (0: none) read, propose, polygonize and crop up to two chunks of images
-        ahead, while this thread embeds and classifies the regions of ``chunk_size`` images at a time
+        With ``workers=1`` a worker thread reads, proposes, polygonizes and crops up to two chunks of
+        images ahead (0: all on this thread; never more than one, as a proposer holds one image at a
+        time), while this thread embeds and classifies the regions of ``chunk_size`` images at a time
         in one backbone pass and one classifier call (both cost about the same for 3 crops as for 50).
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        if workers not in (0, 1):
+            raise ValueError(f"workers must be 0 or 1 (a proposer holds one image at a time), got {workers}")
         prepared = ahead(lambda path: self._read_regions(Path(path), timings), images, depth=2 * chunk_size, workers=workers)
         for chunk in chunked(prepared, chunk_size):
             good = [i for i, (_, regions) in enumerate(chunk) if not isinstance(regions, Exception)]

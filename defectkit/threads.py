@@ -10,7 +10,8 @@ processes instead.
 
 Coarse pieces are another matter: the folds of a stack's out-of-fold fits are whole XGBoost and
 logistic-regression fits, and run side by side on threads (:func:`parallel_folds`), each on its one
-compute thread: ``train``'s fit 1.4x faster on 2 cores, the same model.
+compute thread: ``train``'s fit about 1.5x faster on 2 cores (``benchmarks/speed.py --only 6``),
+the same model.
 """
 
 from __future__ import annotations

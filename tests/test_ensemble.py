@@ -94,6 +94,22 @@ def test_same_seed_same_model(data):
     np.testing.assert_array_equal(first, second)
 
 
+def test_folds_fitted_on_threads_give_the_same_model(data, monkeypatch):
+    from joblib import Parallel
+
+    from defectkit.threads import parallel_folds
+
+    X, y, _ = data
+    alone = Hierarchy(TAXONOMY, light_stack(random_state=3)).fit(X, y).predict_proba(X)
+    jobs = []
+    call = Parallel.__call__
+    monkeypatch.setattr(Parallel, "__call__", lambda self, tasks: jobs.append(self.n_jobs) or call(self, tasks))
+    with parallel_folds(2):
+        side_by_side = Hierarchy(TAXONOMY, light_stack(random_state=3)).fit(X, y).predict_proba(X)
+    assert jobs and set(jobs) == {2}  # the folds and the final members really went to two threads
+    np.testing.assert_array_equal(alone, side_by_side)
+
+
 def test_bad_labels_are_clear_errors(data):
     X, y, _ = data
     with pytest.raises(ValueError, match="'scratch'.*not subtypes of the taxonomy"):

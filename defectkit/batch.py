@@ -118,8 +118,7 @@ def run_batch(
     report = BatchReport(out)
     names = output_names(paths)
     start = time.perf_counter()
-    taken = {path: earlier(path, names[path]) for path in paths} if earlier is not None else {}
-    skip = {path: take for path, take in taken.items() if take is not None}
+    skip = {path: take for path in paths if earlier is not None and (take := earlier(path, names[path])) is not None}
     stream = outcomes(path for path in paths if path not in skip)
     bar = tqdm(paths, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     try:

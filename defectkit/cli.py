@@ -386,7 +386,7 @@ def train(
     from defectkit.threads import use_one_thread
     from defectkit.training import train as run_train
 
-    use_one_thread()  # see defectkit.threads: the fit is 2x faster on busy cores
+    use_one_thread()  # see defectkit.threads: spin-waiting threads slow the fit on busy cores
     try:
         config = _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, reject)
         result = run_train(dataset, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), progress=not quiet)

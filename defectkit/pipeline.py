@@ -103,7 +103,8 @@ class DefectClassifier:
         With ``workers=1`` a worker thread reads, proposes, polygonizes and crops up to two chunks of
         images ahead (0: all on this thread; never more than one, as a proposer holds one image at a
         time), while this thread embeds and classifies the regions of ``chunk_size`` images at a time
-        in one backbone pass and one classifier call (both cost about the same for 3 crops as for 50).
+        in one backbone pass and one classifier call (each has a fixed cost per call that a few crops
+        would pay alone).
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")

@@ -2,11 +2,10 @@
 
 defectkit's CPU work comes in small pieces: a handful of crops per image, a few rows through the
 classifier, PCA and logistic regressions on a few thousand crops. Thread pools gain little on such
-pieces, and on busy cores their spin-waiting threads cost a lot. Measured on a 2-core machine with
-another process busy on one core: a per-image crop batch through the backbone 20x slower with
-torch's default threads; the kNN of one image's classification 15x slower and ``train``'s model
-fit 2x slower (its PCA 20x) with scikit-learn's OpenMP and OpenBLAS at 2 threads. Scale out with
-processes instead.
+pieces, and on busy cores their spin-waiting threads cost a lot: on a 2-core machine with another
+process busy on one core, a per-image crop batch through the backbone, the kNN of one image's
+classification and ``train``'s PCA all ran many times slower with torch's, scikit-learn's OpenMP
+and OpenBLAS's default threads. Scale out with processes instead.
 
 Coarse pieces are another matter: the folds of a stack's out-of-fold fits are whole XGBoost and
 logistic-regression fits, and run side by side on threads (:func:`parallel_folds`), each on its one

@@ -79,15 +79,15 @@ class Embedder:
         size = self.image_size
         interpolation = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_CUBIC
         image = cv2.resize(crop, (size, size), interpolation=interpolation).astype(np.float32)
-        # built channels first, then normalised: the same float32 values in about half the time
-        # (NumPy is slow at arithmetic over interleaved pixels)
+        # built channels first, then normalised: the same float32 values, faster (NumPy is slow at
+        # arithmetic over interleaved pixels)
         planes = None
         if self.mask_mode != "none":
             if mask is None:
                 mask = np.ones(crop.shape[:2], dtype=bool)
             region = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
             if self.mask_mode == "channel":
-                gray = (image[:, :, 0] + image[:, :, 1] + image[:, :, 2]) / np.float32(3)  # image.mean(axis=2), 6x faster
+                gray = (image[:, :, 0] + image[:, :, 1] + image[:, :, 2]) / np.float32(3)  # image.mean(axis=2), without its slow reduction
                 planes = np.stack([gray, gray, region.astype(np.float32) * 255.0])
             else:
                 grown = cv2.dilate(region, np.ones((5, 5), np.uint8)).astype(bool)
@@ -115,7 +115,7 @@ class Embedder:
 
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        # channels_last (the layout stacking HWC crops used to give): ~10 % faster convolutions on CPU
+        # channels_last (the layout stacking HWC crops used to give): faster convolutions on CPU
         features = self.model(torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last))
         return features.float().cpu().numpy()
 

@@ -4,8 +4,8 @@
 - ``prompted``: boxes and/or points answered by ``SAM2ImagePredictor`` against one image
   encoding per image, in batched calls (``hybrid`` feeds it another proposer's regions): all
   prompts in one call on CUDA, ``prompts_per_batch`` (4) at a time on CPU, where the decoder's
-  working set grows with the batch and 32 prompts decode about 1.5x faster in calls of 4 than
-  in one (``benchmarks/speed.py``).
+  working set grows with the batch and 32 prompts decode faster in calls of 4 than in one
+  (``benchmarks/speed.py`` #2 at K=32: the proposer against one bare ``predict`` of all 32).
 - ``tiled``: like automatic, but an image larger than ``tile_size`` is cut into overlapping tiles,
   each seen at the model's full input resolution (small defects on large images survive), and the
   pieces of an object cut by a tile border are merged. Prompts on such an image go to the tile that

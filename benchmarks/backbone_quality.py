@@ -36,11 +36,11 @@ from defectkit.classifier import ClassifierConfig, decide, split_head  # noqa: E
 from defectkit.data.manifest import read_manifest, write_manifest  # noqa: E402
 from defectkit.data.split import split_records  # noqa: E402
 from defectkit.embed import EmbeddingCache  # noqa: E402
-from defectkit.evaluation import MEMBERS  # noqa: E402
-from defectkit.extract import ExtractOptions, extract  # noqa: E402
+from defectkit.jobs.evaluate import MEMBERS  # noqa: E402
+from defectkit.jobs.extract import ExtractOptions, extract  # noqa: E402
 from defectkit.features import build_features  # noqa: E402
 from defectkit.metrics import report  # noqa: E402
-from defectkit.pretrain import PretrainConfig, pretrain  # noqa: E402
+from defectkit.jobs.pretrain import PretrainConfig, pretrain  # noqa: E402
 from defectkit.taxonomy import Taxonomy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,10 +30,10 @@ from defectkit.classifier import ClassifierConfig  # noqa: E402
 from defectkit.data.manifest import read_manifest, write_manifest  # noqa: E402
 from defectkit.data.split import image_strata  # noqa: E402
 from defectkit.embed import EmbeddingCache  # noqa: E402
-from defectkit.evaluation import cross_validate  # noqa: E402
+from defectkit.jobs.evaluate import cross_validate  # noqa: E402
 from defectkit.features import build_features  # noqa: E402
 from defectkit.labelled import load_labelled  # noqa: E402
-from defectkit.pretrain import pretrain  # noqa: E402
+from defectkit.jobs.pretrain import pretrain  # noqa: E402
 from defectkit.taxonomy import BACKGROUND, Taxonomy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from defectkit.embed import Embedder
 from defectkit.images import read_image, read_mask
-from defectkit.pretrain import Augment
+from defectkit.jobs.pretrain import Augment
 
 
 def _load(records):

@@ -2,7 +2,10 @@
 and match the defects found to the ground-truth regions (IoU >= 0.3; thin cracks are narrow).
 
 Prints, side by side: the `given` proposer (ground-truth regions: classification errors only), the
-`classical` proposer, and the classical proposer with a model trained with its hard negatives.
+`classical` proposer, the classical proposer with a model trained with its hard negatives, and the
+`learned` proposer (``train-proposer`` defaults, trained on the training part only; the one
+``benchmarks/proposers.py`` trains for the same seed is reused from ``--proposer-work``) with a model
+trained with its hard negatives.
 
 The backbone (``--backbone``): ``pretrain`` (default) pretrains one with the ``pretrain`` defaults
 on the training part's crops only, as ``benchmarks/backbone_quality.py`` does; ``random`` keeps
@@ -27,12 +30,13 @@ from defectkit.data.manifest import read_manifest, write_manifest
 from defectkit.data.split import split_records
 from defectkit.defect import Defect
 from defectkit.export import defect_mask
-from defectkit.extract import ExtractOptions, extract
+from defectkit.jobs.extract import ExtractOptions, extract
+from defectkit.matching import iou_matrix, one_to_one
 from defectkit.pipeline import DefectClassifier
-from defectkit.pretrain import PretrainConfig, pretrain
+from defectkit.jobs.pretrain import PretrainConfig, pretrain
 from defectkit.propose import create_proposer
 from defectkit.taxonomy import BACKGROUND, Taxonomy
-from defectkit.training import train
+from defectkit.jobs.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 IOU = 0.3
@@ -40,19 +44,7 @@ IOU = 0.3
 
 def match(predicted: list[np.ndarray], truth: list[np.ndarray]) -> list[tuple[int, int]]:
     """One-to-one pairs (prediction, truth) with IoU >= IOU, best first."""
-    pairs = []
-    for i, p in enumerate(predicted):
-        for j, t in enumerate(truth):
-            inter = np.logical_and(p, t).sum()
-            if inter:
-                iou = inter / np.logical_or(p, t).sum()
-                if iou >= IOU:
-                    pairs.append((iou, i, j))
-    used_p, used_t, out = set(), set(), []
-    for _, i, j in sorted(pairs, reverse=True):
-        if i not in used_p and j not in used_t:
-            used_p.add(i), used_t.add(j), out.append((i, j))
-    return out
+    return one_to_one(iou_matrix(predicted, truth), IOU)
 
 
 def score(classifier: DefectClassifier, images: dict[str, list[dict]], subtypes: list[str]) -> dict:
@@ -96,6 +88,20 @@ def score(classifier: DefectClassifier, images: dict[str, list[dict]], subtypes:
     }
 
 
+def learned_proposer(src: Path, train_images: set[str], seed: int, work: Path) -> Path:
+    """The learned proposer of this seed's training part: benchmarks/proposers.py's, trained here if missing."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from proposers import CLASSES, learned_model, split
+
+    parts = split(src, seed)
+    trained_on = {str(p) for cls in CLASSES for p in parts[cls]["train"]}
+    if not trained_on <= train_images | {str(p) for p in parts["Free"]["train"]}:
+        raise SystemExit("the proposers benchmark's training part differs from this split's; they must match")
+    return learned_model(src, parts, seed, work, retrain=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "datasets" / "magnetic-tile")
@@ -105,6 +111,8 @@ def main() -> None:
     parser.add_argument("--backbone", choices=["pretrain", "random", "shipped"], default="pretrain",
                         help="pretrain on the training part (default), random weights, or the shipped backbone (has seen the test images)")
     parser.add_argument("--reuse", action="store_true", help="keep a backbone pretrained earlier in --work")
+    parser.add_argument("--proposer-work", type=Path, default=Path("/tmp/defectkit-bench/proposers"),
+                        help="where benchmarks/proposers.py keeps its learned proposers (one is trained there if missing)")
     args = parser.parse_args()
     taxonomy = Taxonomy.load(ROOT / "configs" / "taxonomy" / "magnetic-tile.yaml")
     work = args.work
@@ -130,24 +138,34 @@ def main() -> None:
     write_manifest(work / "train-negatives" / "manifest.jsonl", with_negatives)
     (work / "train-negatives" / "extract.json").write_bytes((plain / "extract.json").read_bytes())
 
+    learned = learned_proposer(args.src, train_images, args.seed, args.proposer_work)
+    learned_negatives = work / "crops-learned-negatives"
+    extract(args.src, learned_negatives, taxonomy, ExtractOptions(negatives_from="learned", proposer_model=str(learned)), progress=False)
+    with_learned = [r for r in read_manifest(learned_negatives) if r["image"] in train_images]
+    write_manifest(work / "train-learned-negatives" / "manifest.jsonl", with_learned)
+    (work / "train-learned-negatives" / "extract.json").write_bytes((plain / "extract.json").read_bytes())
+
     weights = {"random": "random", "shipped": "default"}.get(args.backbone, str(work / "backbone.safetensors"))
     if args.backbone == "pretrain" and not (args.reuse and Path(weights).is_file()):
         pretrain(work / "train", weights, replace(PretrainConfig(), seed=args.seed), progress=False)
     config = ClassifierConfig(seed=args.seed, weights=weights)
     train(work / "train", taxonomy, work / "model", config, cv=0, progress=False)
     train(work / "train-negatives", taxonomy, work / "model-negatives", config, cv=0, progress=False)
+    train(work / "train-learned-negatives", taxonomy, work / "model-learned", config, cv=0, progress=False, proposer=learned)
 
     subtypes = [s for s in taxonomy.subtypes if s != BACKGROUND]
     runs = {
         "given (GT regions)": DefectClassifier.load(work / "model", create_proposer("given")),
         "classical": DefectClassifier.load(work / "model", create_proposer("classical")),
         "classical + hard negatives": DefectClassifier.load(work / "model-negatives", create_proposer("classical")),
+        "learned + hard negatives": DefectClassifier.load(work / "model-learned"),
     }
     results = {name: score(clf, test_images, subtypes) for name, clf in runs.items()}
 
     n_free = sum(1 for t in test_images.values() if not t)
     print(f"split seed {args.seed}: {len(test_images)} held-out images ({len(test_images) - n_free} defective, {n_free} defect-free); "
-          f"{len(train_part)} training crops, {sum(r['origin'] == 'negative' for r in with_negatives)} hard negatives added")
+          f"{len(train_part)} training crops, {sum(r['origin'] == 'negative' for r in with_negatives)} classical and "
+          f"{sum(r['origin'] == 'negative' for r in with_learned)} learned hard negatives added")
     print(f"matching: IoU >= {IOU}; backbone: {args.backbone} ({config.weights})")
     header = f"{'':<28}" + "".join(f"{name:>28}" for name in results)
     print(header)

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from defectkit.extract import ExtractOptions, extract
+from defectkit.jobs.extract import ExtractOptions, extract
 from defectkit.taxonomy import Taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]

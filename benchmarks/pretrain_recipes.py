@@ -25,7 +25,7 @@ from defectkit.classifier import ClassifierConfig  # noqa: E402
 from defectkit.data.manifest import read_manifest, write_manifest  # noqa: E402
 from defectkit.data.split import split_records  # noqa: E402
 from defectkit.embed import EmbeddingCache  # noqa: E402
-from defectkit.pretrain import pretrain  # noqa: E402
+from defectkit.jobs.pretrain import pretrain  # noqa: E402
 from defectkit.taxonomy import Taxonomy  # noqa: E402
 
 GRID = [

@@ -7,8 +7,13 @@ for each proposer named on the command line, side by side:
 - image recall: defect images with at least one matched proposal;
 - proposals per image, and on defect-free (MT_Free) images the false positives per image.
 
+``learned`` is trained here (``defectkit train-proposer``'s defaults, random encoder weights) on the
+training part of the same split only, once per seed, into ``--work`` (kept and reused; pass
+``--retrain`` to train again); ``learned+classical`` is the union of both proposers' regions.
+With several ``--seed``s, the mean over seeds is printed last.
+
     .venv/bin/python benchmarks/proposers.py                      # classical vs given
-    .venv/bin/python benchmarks/proposers.py -p classical -p auto --free 400
+    .venv/bin/python benchmarks/proposers.py -p classical -p learned -p learned+classical --seed 0 --seed 1
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import numpy as np
 
 from defectkit.geometry import connected_regions
 from defectkit.images import read_image, read_mask
-from defectkit.propose import create_proposer
+from defectkit.matching import iou_matrix
+from defectkit.propose import Proposer, create_proposer
 
 CLASSES = ("Blowhole", "Break", "Crack", "Fray", "Uneven", "Free")
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic-tile"
@@ -32,7 +38,8 @@ MIN_GT_AREA = 10
 
 def split(root: Path, seed: int = 0, test_size: float = 0.3) -> dict[str, dict[str, list[Path]]]:
     """{class: {"train": [...], "test": [...]}}, split by image with ``defectkit.data.split`` (the
-    rule and seed of ``defectkit split``: each class gives ``test_size`` of its images to test)."""
+    rule and seed of ``defectkit split``: each class gives ``test_size`` of its images to test), over
+    the images ``extract`` makes crops of, so that benchmarks/end_to_end.py splits the same way."""
     from defectkit.data.split import split_records
 
     records = []
@@ -40,6 +47,8 @@ def split(root: Path, seed: int = 0, test_size: float = 0.3) -> dict[str, dict[s
         images = sorted((root / f"MT_{name}" / "Imgs").glob("*.jpg"))
         if not images:
             raise SystemExit(f"no images in {root / f'MT_{name}' / 'Imgs'}; pass --data")
+        if name != "Free":  # as `extract` does: a defect image whose mask is empty yields no crop
+            images = [p for p in images if read_mask(p.with_suffix(".png")).any()]
         stratum = "background" if name == "Free" else name.lower()
         records += [{"image": str(p), "subtype": stratum, "class": name} for p in images]
     train, test = split_records(records, test_size, seed)
@@ -66,16 +75,6 @@ def load(paths_by_class: dict[str, list[Path]]) -> list[Item]:
             regions = [r.full_mask(mask.shape) for r in connected_regions(mask, MIN_GT_AREA)]
             items.append(Item(cls, path, image, regions))
     return items
-
-
-def iou_matrix(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
-    if not a or not b:
-        return np.zeros((len(a), len(b)))
-    flat_a = np.stack([m.ravel() for m in a]).astype(np.float32)
-    flat_b = np.stack([m.ravel() for m in b]).astype(np.float32)
-    inter = flat_a @ flat_b.T
-    union = flat_a.sum(1)[:, None] + flat_b.sum(1)[None, :] - inter
-    return inter / np.maximum(union, 1)
 
 
 @dataclass
@@ -169,29 +168,99 @@ def print_table(results: dict[str, Result]) -> None:
           " ppi = proposals per image")
 
 
+class Union(Proposer):
+    """Every region of several proposers."""
+
+    def __init__(self, name: str, members: list[Proposer]):
+        super().__init__()
+        self.name, self.members = name, members
+
+    def config(self) -> dict:
+        return {"members": [m.describe() for m in self.members]}
+
+    def set_image(self, image, image_path=None) -> None:
+        super().set_image(image, image_path)
+        for member in self.members:
+            member.set_image(image, image_path)
+
+    def predict(self, prompts=None):
+        return [mask for member in self.members for mask in member.predict()]
+
+
+def learned_model(root: Path, parts: dict, seed: int, work: Path, retrain: bool) -> Path:
+    """A proposer trained with the defaults on this seed's training part only (trained once, kept)."""
+    from defectkit.jobs.train_proposer import train_proposer
+    from defectkit.segmenter.train import TrainProposerConfig
+    from defectkit.taxonomy import Taxonomy
+
+    out = work / f"learned-seed{seed}"
+    if retrain or not (out / "proposer.json").is_file():
+        taxonomy = Taxonomy.load(Path(__file__).resolve().parents[1] / "configs" / "taxonomy" / "magnetic-tile.yaml")
+        train_paths = [p for cls in CLASSES for p in parts[cls]["train"]]
+        start = time.perf_counter()
+        result = train_proposer(root, "masks", taxonomy, out, TrainProposerConfig(seed=seed), progress=False, only=train_paths)
+        print(f"learned (seed {seed}): trained on {result.data['images']} training-part images in "
+              f"{time.perf_counter() - start:.0f} s, {result.epochs} epochs; validation {result.metrics['validation']}")
+    return out
+
+
+def build(name: str, model: Path | None) -> Proposer:
+    if name == "learned":
+        return create_proposer("learned", model=model)
+    if name == "learned+classical":
+        return Union(name, [create_proposer("learned", model=model), create_proposer("classical")])
+    return create_proposer(name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="magnetic-tile folder (MT_*/Imgs)")
     parser.add_argument("-p", "--proposer", action="append", help="proposer name (repeatable); default classical and given")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, action="append", help="split seed (repeatable; default 0)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/defectkit-bench/proposers"), help="where learned proposers are trained and kept")
+    parser.add_argument("--retrain", action="store_true", help="train the learned proposers again")
     parser.add_argument("--part", choices=("train", "test"), default="test")
     parser.add_argument("--free", type=int, default=0, help="use only this many defect-free images of the part (0: all)")
     args = parser.parse_args()
-    parts = split(args.data, args.seed)
-    chosen = {cls: parts[cls][args.part] for cls in CLASSES}
-    chosen["Free"] = chosen["Free"][: args.free or None]
-    start = time.perf_counter()
-    items = load(chosen)
-    print(f"magnetic-tile {args.part} part (seed {args.seed}): {len(items)} images loaded in "
-          f"{time.perf_counter() - start:.1f} s\n")
-    results = {}
-    for name in args.proposer or ["classical", "given"]:
-        proposer = create_proposer(name)
-        results[name] = evaluate(proposer, items)
-        if name != "given":
-            print(f"{name}: {proposer.describe()}")
-    print()
-    print_table(results)
+    import torch
+
+    torch.set_num_threads(2)
+    names = args.proposer or ["classical", "given"]
+    per_seed = []
+    for seed in args.seed or [0]:
+        parts = split(args.data, seed)
+        chosen = {cls: parts[cls][args.part] for cls in CLASSES}
+        chosen["Free"] = chosen["Free"][: args.free or None]
+        model = learned_model(args.data, parts, seed, args.work, args.retrain) if any(n.startswith("learned") for n in names) else None
+        start = time.perf_counter()
+        items = load(chosen)
+        print(f"magnetic-tile {args.part} part (seed {seed}): {len(items)} images loaded in "
+              f"{time.perf_counter() - start:.1f} s\n")
+        results = {}
+        for name in names:
+            proposer = build(name, model)
+            results[name] = evaluate(proposer, items)
+            if name != "given":
+                print(f"{name}: {proposer.describe()}")
+        print()
+        print_table(results)
+        per_seed.append(results)
+    if len(per_seed) > 1:
+        print_mean(per_seed, names)
+
+
+def print_mean(per_seed: list[dict], names: list[str]) -> None:
+    print(f"\nmean (spread) over {len(per_seed)} seeds: region recall per class, mean region recall, false proposals per defect-free image")
+    for name in names:
+        cells, means = [], []
+        for cls in CLASSES[:-1]:
+            values = [r[name].tallies[cls].row()["region_recall"] for r in per_seed]
+            cells.append(f"{cls.lower()} {np.mean(values):.2f}")
+        for r in per_seed:
+            means.append(np.mean([r[name].tallies[c].row()["region_recall"] for c in CLASSES[:-1]]))
+        fp = [r[name].tallies["Free"].row()["proposals_per_image"] for r in per_seed]
+        print(f"{name}: " + ", ".join(cells) + f"; mean {np.mean(means):.3f} (+- {np.std(means):.3f}); "
+              f"false/clean image {np.mean(fp):.2f} (+- {np.std(fp):.2f})")
 
 
 if __name__ == "__main__":

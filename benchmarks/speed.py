@@ -12,7 +12,7 @@ Prints six measurements, each with its target and PASS/FAIL, then one table and 
    Target: <= 1.2 x bare for every K.
 3. automatic SAM2: seconds per image at the proposer's default settings, and with fewer points,
    other point batches and tiling (no target: the figures say what the settings cost).
-4. whole-image classify with the classical proposer: images/s over 200 images through the path of
+4. whole-image classify with the classical proposer (`--proposer auto`: the model's learned one): images/s over 200 images through the path of
    ``defectkit classify``, with each stage's share of the work (its seconds, summed over the worker
    thread that proposes ahead and the main thread), and the same images one at a time for
    comparison. Target: no stage but the networks' above 20 %.
@@ -95,7 +95,7 @@ def images(count: int, tmp: Path) -> list[Path]:
 
 def crop_set(tmp: Path, per_class: int) -> Path:
     """A crop data set (``defectkit extract``, masks format) of the first ``per_class`` images of each class."""
-    from defectkit.extract import extract
+    from defectkit.jobs.extract import extract
     from defectkit.taxonomy import Taxonomy
 
     src = tmp / "labelled"
@@ -284,7 +284,7 @@ def automatic_sam2(image: np.ndarray, variants: list[dict], device: str) -> Row:
 
 # --- 4. whole-image classify -----------------------------------------------------------------------
 def whole_image(classifier, paths: list[Path], tmp: Path) -> Row:
-    from defectkit.classify import ClassifyOptions, classify_images
+    from defectkit.jobs.classify import ClassifyOptions, classify_images
     from defectkit.timing import Timings
 
     classify_images(paths[:3], tmp / "warm", classifier, progress=False)  # first-call costs out of the figure
@@ -296,10 +296,13 @@ def whole_image(classifier, paths: list[Path], tmp: Path) -> Row:
         runs[name] = (time.perf_counter() - start, timings, report, rows)
     seconds, timings, report, rows = runs["default"]
     shares = timings.shares()
-    worst = max((s for s in shares if s not in NETWORK_STAGES), key=shares.get)
+    described = classifier.proposer.describe()
+    learned = "learned" in (described.get("name"), described.get("chose", {}).get("name"))
+    networks = NETWORK_STAGES + (("propose",) if learned else ())  # a learned proposer is a network
+    worst = max((s for s in shares if s not in networks), key=shares.get)
     per_image = {s: timings.seconds[s] / len(paths) * 1000 for s in shares}
     main_thread = sum(timings.seconds[s] for s in ("embed", "classify", "write"))
-    others = [s for s in shares if s not in NETWORK_STAGES and s != worst]
+    others = [s for s in shares if s not in networks and s != worst]
     runner_up = max(others, key=shares.get)
     single = runs["one at a time"]
     channels = proposer_profile(classifier.proposer, paths) if classifier.proposer.name == "classical" else {}
@@ -349,7 +352,7 @@ def proposer_profile(proposer, paths: list[Path]) -> dict[str, float]:
 # --- 5. memory -------------------------------------------------------------------------------------
 def memory_worker(model: Path, first: int, total: int, device: str) -> None:
     """Run in a fresh process: classify ``total`` images, print the peak RSS after ``first`` and after all."""
-    from defectkit.classify import classify_images
+    from defectkit.jobs.classify import classify_images
     from defectkit.threads import use_one_thread
 
     if device == "cpu":
@@ -394,7 +397,7 @@ def retraining(crops_dir: Path, tmp: Path, repeats: int) -> Row:
     from defectkit.taxonomy import Taxonomy
     from defectkit.timing import Timings
     from defectkit.threads import cpu_count
-    from defectkit.training import train
+    from defectkit.jobs.train import train
 
     def run(name: str, cache, jobs=None, config=ClassifierConfig()) -> tuple[float, dict, object]:
         timings = Timings()
@@ -475,6 +478,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated measurement numbers")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "magnetic-tile")
+    parser.add_argument("--proposer", default="classical", help="proposer of #1 and #4 (auto: the model's learned proposer when it carries one)")
     parser.add_argument("--memory-worker", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
@@ -495,7 +499,7 @@ def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        classifier = load_classifier(args.model, args.device) if only & {1, 4} else None
+        classifier = load_classifier(args.model, args.device, args.proposer) if only & {1, 4} else None
         crops_dir = crop_set(tmp, size["per_class"]) if only & {1, 6} else None
         sam_image = read_image(sorted(source_root().glob("MT_Blowhole/Imgs/*.jpg"))[0]) if only & {2, 3} else None
         steps = {

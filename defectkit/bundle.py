@@ -15,11 +15,7 @@ tampered, truncated or padded bundle is refused with a message saying which file
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from defectkit.bundle_files import library_versions, read_json_manifest, sha256_file, staged_folder, verify_files, write_manifest
 from defectkit.errors import DefectkitError
 from defectkit.features import FeatureSpec, build_features
 from defectkit.taxonomy import Taxonomy
@@ -37,7 +34,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.skops"
 BACKBONE_FILE = "backbone.safetensors"
-ALLOWED_EXTRA = {"README.md"}  # a human note may sit beside the files; it is never read
+PROPOSER_FOLDER = "proposer"  # a learned proposer the bundle carries (a proposer bundle of its own)
 
 # Types beyond skops' own defaults (NumPy, builtins, scikit-learn) that a bundle's model may contain.
 # Each rebuilds from plain data: our estimators from their parameters and fitted arrays, XGBoost's
@@ -54,35 +51,6 @@ TRUSTED_TYPES = [
     "sklearn.neighbors._ball_tree.BallTree",
     "sklearn.metrics._dist_metrics.EuclideanDistance64",
 ]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def library_versions() -> dict[str, str]:
-    import sklearn
-    import skops
-    import timm
-    import torch
-    import xgboost
-
-    import defectkit
-
-    return {
-        "defectkit": defectkit.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scikit-learn": sklearn.__version__,
-        "xgboost": xgboost.__version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "skops": skops.__version__,
-    }
 
 
 @dataclass
@@ -116,6 +84,12 @@ class Bundle:
             self._embedder = embedder
         return self._embedder
 
+    @property
+    def proposer_path(self) -> Path | None:
+        """The learned proposer this bundle carries (``<bundle>/proposer``), or None."""
+        entry = self.manifest.get("proposer")
+        return self.path / entry["folder"] if entry else None
+
     def features(self, records, cache=None, progress: bool = False) -> np.ndarray:
         return build_features(records, self.spec, self.embedder(), cache, progress)
 
@@ -128,14 +102,13 @@ def save_bundle(
     embedder=None,
     training: dict | None = None,
     metrics: dict | None = None,
+    proposer: str | Path | None = None,
 ) -> Path:
-    """Write a bundle to ``path`` (a new or existing bundle folder), whole or not at all."""
+    """Write a bundle to ``path`` (a new or existing bundle folder), whole or not at all; with
+    ``proposer`` (a proposer bundle folder), a copy of it travels inside, checked on every load."""
     import skops.io as sio
     from safetensors.torch import save_file
 
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / MANIFEST).is_file())):
-        raise DefectkitError(f"{path} exists and is not a defectkit bundle; choose another --out")
     data = sio.dumps(model)
     untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
     if untrusted:
@@ -143,9 +116,8 @@ def save_bundle(
             f"cannot save a model containing types a bundle will not load: {', '.join(untrusted)} "
             "(see defectkit.bundle.TRUSTED_TYPES)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    path = Path(path)
+    with staged_folder(path, MANIFEST, "defectkit model bundle") as staging:
         (staging / MODEL_FILE).write_bytes(data)
         backbone = None
         if spec.embedding:
@@ -162,8 +134,8 @@ def save_bundle(
                 "dim": embedder.dim,
                 "file": BACKBONE_FILE,
             }
-        files = sorted(p.name for p in staging.iterdir())
-        manifest = {
+        carried = _carry_proposer(Path(proposer), staging) if proposer else None
+        write_manifest(staging, MANIFEST, {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -171,75 +143,40 @@ def save_bundle(
             "backbone": backbone,
             "features": {**spec.to_dict(), "names": spec.names(backbone["dim"] if backbone else 0)},
             "model": {"file": MODEL_FILE, "type": f"{type(model).__module__}.{type(model).__qualname__}"},
+            "proposer": carried,
             "versions": library_versions(),
             "training": training or {},
             "metrics": metrics or {},
-            "files": {name: sha256_file(staging / name) for name in files},
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        staging.rename(path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        })
     return path
 
 
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+def _carry_proposer(source: Path, staging: Path) -> dict:
+    from defectkit.segmenter.bundle import MANIFEST as PROPOSER_MANIFEST, WEIGHTS, read_proposer_manifest
+
+    verify_files(source, read_proposer_manifest(source), PROPOSER_MANIFEST, WEIGHTS)
+    shutil.copytree(source, staging / PROPOSER_FOLDER)
+    return {"folder": PROPOSER_FOLDER, "manifest_sha256": sha256_file(staging / PROPOSER_FOLDER / PROPOSER_MANIFEST)}
+
+
+def _check_proposer(path: Path, manifest: dict) -> None:
+    """The carried proposer's manifest is the one this bundle was saved with (its own files are
+    checked against that manifest when it is loaded)."""
+    from defectkit.segmenter.bundle import MANIFEST as PROPOSER_MANIFEST
+
+    entry = manifest.get("proposer")
+    if not entry:
+        return
+    file = path / str(entry.get("folder")) / PROPOSER_MANIFEST
+    if entry.get("folder") != PROPOSER_FOLDER or not file.is_file():
+        raise DefectkitError(f"{path}: the manifest names a proposer at {entry.get('folder')!r} but {file} is missing; the bundle is incomplete")
+    if sha256_file(file) != entry.get("manifest_sha256"):
+        raise DefectkitError(f"{file}: sha256 does not match the bundle's manifest: the proposer was modified. Restore the bundle or retrain it.")
 
 
 def read_manifest(path: str | Path) -> dict:
     """The bundle's manifest, checked for format and version (nothing else is read)."""
-    path = Path(path)
-    file = path / MANIFEST
-    if not file.is_file():
-        raise DefectkitError(f"no model bundle at {path} (expected {MANIFEST}, as written by `defectkit train`)")
-    try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DefectkitError(f"{file}: not valid JSON ({exc}); the bundle is damaged") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DefectkitError(f"{file}: not a defectkit bundle manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int):
-        raise DefectkitError(f"{file}: no format_version")
-    if version > FORMAT_VERSION:
-        raise DefectkitError(
-            f"{path}: bundle format version {version} was written by a newer defectkit "
-            f"(version {manifest.get('versions', {}).get('defectkit', '?')}); this defectkit reads up to "
-            f"version {FORMAT_VERSION}. Upgrade defectkit to load it."
-        )
-    return manifest
-
-
-def verify_files(path: Path, manifest: dict) -> None:
-    """Every listed file present with its sha256; no unlisted files."""
-    listed = manifest.get("files")
-    if not isinstance(listed, dict) or MODEL_FILE not in listed:
-        raise DefectkitError(f"{path / MANIFEST}: lists no files; the bundle is damaged")
-    present = {p.name for p in path.iterdir() if p.is_file() or p.is_dir()}
-    extra = sorted(present - set(listed) - {MANIFEST} - ALLOWED_EXTRA)
-    if extra:
-        raise DefectkitError(
-            f"{path}: file(s) not in the bundle's manifest: {', '.join(extra)}. A bundle holds only what "
-            "`defectkit train` wrote; remove them or retrain."
-        )
-    for name, expected in listed.items():
-        file = path / name
-        if Path(name).name != name or not file.is_file():
-            raise DefectkitError(f"{path}: {name} is listed in the manifest but missing; the bundle is incomplete")
-        actual = sha256_file(file)
-        if actual != expected:
-            raise DefectkitError(
-                f"{file}: sha256 {actual[:16]}... does not match the manifest ({str(expected)[:16]}...): "
-                "the file was modified or truncated. Restore the bundle or retrain it."
-            )
+    return read_json_manifest(Path(path), MANIFEST, FORMAT, FORMAT_VERSION, "model bundle", "defectkit train")
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -249,7 +186,8 @@ def load_bundle(path: str | Path) -> Bundle:
 
     path = Path(path)
     manifest = read_manifest(path)
-    verify_files(path, manifest)
+    verify_files(path, manifest, MANIFEST, MODEL_FILE, folders=(PROPOSER_FOLDER,) if manifest.get("proposer") else ())
+    _check_proposer(path, manifest)
     _warn_versions(path, manifest.get("versions", {}))
     model_file = path / manifest["model"]["file"]
     try:

@@ -12,19 +12,41 @@ from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from defectkit.errors import DefectkitError
+from defectkit.segmenter.config import TrainProposerConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find and name surface defects on industrial images.")
 console = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from defectkit import __version__
+
+        typer.echo(f"defectkit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")) -> None:
     """defectkit: propose, polygonize, embed and classify surface defects."""
     warnings.showwarning = _show_warning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     console.print(f"[yellow]warning:[/yellow] {rich_escape(str(message))}", soft_wrap=True)
+
+
+_PROPOSER = typer.Option("auto", "--proposer", "-p", help="auto | learned | hybrid | sam2 | classical | given, or a plugin's name.")
+_SAM2_CHECKPOINT = typer.Option(None, help="SAM2 checkpoint (default: the config's file in checkpoints/).")
+_SAM2_CONFIG = typer.Option(None, help="SAM2 config: sam2.1_hiera_t|s|b+|l or a YAML in configs/sam2/.")
+
+
+def proposer_choice(proposer) -> str:
+    """What will propose the regions, and for auto why."""
+    described = proposer.describe()
+    if described.get("name") != "auto":
+        return str(described.get("name"))
+    return f"auto chose {described['chose'].get('name')}: {described['because']}"
 
 
 def _fail(exc: Exception) -> None:
@@ -36,7 +58,7 @@ def _fail(exc: Exception) -> None:
 def extract(
     src: Path = typer.Argument(..., help="Labelled data set: a folder (or a COCO json file)."),
     out: Path = typer.Argument(..., help="Output folder for manifest.jsonl and crops/."),
-    format: str = typer.Option("masks", "--format", "-f", help="masks | voc | coco | crops"),
+    format: str = typer.Option("masks", "--format", "-f", help="masks | voc | coco | yolo | crops"),
     taxonomy: Path = typer.Option(..., "--taxonomy", "-t", help="Taxonomy YAML (categories, subtypes, aliases)."),
     mask_threshold: int = typer.Option(127, help="A mask pixel is set where its value is above this."),
     min_area: int = typer.Option(10, help="Drop regions smaller than this many pixels."),
@@ -45,13 +67,14 @@ def extract(
     padding: float = typer.Option(0.25, help="Context around a region, as a share of its longer side."),
     background_per_image: int = typer.Option(2, help="Background regions sampled per defect-free image."),
     background_in_defect_images: int = typer.Option(0, help="Background regions sampled per defect image, away from its defects."),
-    negatives_from: Optional[str] = typer.Option(None, help="Add this proposer's proposals that touch no defect as background crops (hard negatives), e.g. classical."),
+    negatives_from: Optional[str] = typer.Option(None, help="Add this proposer's proposals that touch no defect as background crops (hard negatives), e.g. learned or classical."),
+    proposer_model: Optional[str] = typer.Option(None, help="The proposer bundle of --negatives-from learned (from train-proposer)."),
     seed: int = typer.Option(0, help="Seed for background sampling (same seed, same output)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Turn a labelled data set into a crop data set (manifest.jsonl + crop and mask PNGs)."""
     from defectkit.crops import CropSpec
-    from defectkit.extract import ExtractOptions, extract as run_extract
+    from defectkit.jobs.extract import ExtractOptions, extract as run_extract
     from defectkit.taxonomy import Taxonomy
 
     try:
@@ -64,6 +87,7 @@ def extract(
             background_per_image=background_per_image,
             background_in_defect_images=background_in_defect_images,
             negatives_from=negatives_from,
+            proposer_model=proposer_model,
             seed=seed,
         )
         summary = run_extract(src, out, Taxonomy.load(taxonomy), options, progress=not quiet)
@@ -121,9 +145,10 @@ def split(
 def segment(
     inputs: list[Path] = typer.Argument(..., help="Image files, folders (recursed) or .txt lists of paths."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    proposer: str = typer.Option("auto", "--proposer", "-p", help="auto | hybrid | sam2 | classical | given, or a plugin's name."),
-    sam2_checkpoint: Optional[str] = typer.Option(None, help="SAM2 checkpoint (default: the config's file in checkpoints/)."),
-    sam2_config: Optional[str] = typer.Option(None, help="SAM2 config: sam2.1_hiera_t|s|b+|l or a YAML in configs/sam2/."),
+    proposer: str = _PROPOSER,
+    proposer_model: Optional[str] = typer.Option(None, help="Proposer bundle (from train-proposer) for learned, auto or hybrid."),
+    sam2_checkpoint: Optional[str] = _SAM2_CHECKPOINT,
+    sam2_config: Optional[str] = _SAM2_CONFIG,
     annotations: Optional[str] = typer.Option(None, help="given: annotation data set (default: the mask beside each image)."),
     annotation_format: str = typer.Option("masks", help="given: masks | voc | coco"),
     option: list[str] = typer.Option([], "--option", "-O", help="Proposer setting KEY=VALUE (repeatable), e.g. points_per_side=48."),
@@ -135,10 +160,11 @@ def segment(
 ):
     """Propose defect masks and write their polygons: per-image JSON and overlay, coco.json, defects.csv."""
     from defectkit.propose import build_proposer, parse_options
-    from defectkit.segment import SegmentOptions, segment as run_segment
+    from defectkit.jobs.segment import SegmentOptions, segment as run_segment
 
     try:
-        chosen = build_proposer(proposer, sam2_checkpoint, sam2_config, annotations, annotation_format, parse_options(option))
+        chosen = build_proposer(proposer, sam2_checkpoint, sam2_config, annotations, annotation_format, parse_options(option), proposer_model)
+        console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
         options = SegmentOptions(min_area=min_area, polygon_tolerance=polygon_tolerance, overlays=overlays, resume=resume)
         report = run_segment(inputs, out, chosen, options, progress=not quiet)
     except (DefectkitError, ValueError) as exc:
@@ -302,9 +328,61 @@ def evaluate_sam2(
 
 
 def _device(device: str) -> str:
-    from defectkit.sam2_finetune.train import pick_device
+    from defectkit.devices import pick_device
 
     return str(pick_device(device))
+
+
+_PROPOSER_DEFAULTS = TrainProposerConfig()
+
+
+@app.command("train-proposer")
+def train_proposer(
+    src: Path = typer.Argument(..., help="Labelled data set: a folder (or a COCO json file) of whole images with masks, polygons or boxes."),
+    format: str = typer.Option("masks", "--format", "-f", help="masks | voc | coco | yolo"),
+    taxonomy: Path = typer.Option(..., "--taxonomy", "-t", help="Taxonomy YAML: which labels are defects and which background."),
+    out: Path = typer.Option(..., "--out", "-o", help="Proposer bundle folder to write."),
+    epochs: int = typer.Option(_PROPOSER_DEFAULTS.epochs, help=f"Epochs of {_PROPOSER_DEFAULTS.steps_per_epoch} steps (stops early when validation stops improving)."),
+    image_size: int = typer.Option(_PROPOSER_DEFAULTS.image_size, help="Side of the training crops in pixels (a multiple of 32)."),
+    batch_size: int = typer.Option(_PROPOSER_DEFAULTS.batch_size, help="Crops per step."),
+    architecture: str = typer.Option(_PROPOSER_DEFAULTS.network.architecture, help="fpn | unet | deeplabv3plus (segmentation-models-pytorch)."),
+    encoder: str = typer.Option(_PROPOSER_DEFAULTS.network.encoder, help="Any timm model name."),
+    loss: str = typer.Option(_PROPOSER_DEFAULTS.loss, help="dice+bce | dice+focal | tversky"),
+    box_fill: str = typer.Option(_PROPOSER_DEFAULTS.box_fill, help="Boxes as weak masks: ellipse (inscribed) or box (filled)."),
+    backbone_weights: Optional[str] = typer.Option(None, help="Start the encoder from a defectkit backbone file (e.g. checkpoints/defectkit-backbone.safetensors); default random."),
+    val_fraction: float = typer.Option(_PROPOSER_DEFAULTS.val_fraction, help="Share of the images held out to stop early and choose the threshold."),
+    seed: int = typer.Option(_PROPOSER_DEFAULTS.seed, help="Seed: split, crops and initial weights."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda; default cuda when present (bf16 autocast)."),
+    log_dir: Optional[Path] = typer.Option(None, help="TensorBoard folder (written when tensorboard is installed)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Train a segmentation network that marks defect pixels, from the user's own masks or boxes
+    (resumes from OUT.train-state.pt when a run was interrupted)."""
+    from dataclasses import replace
+
+    import torch
+
+    from defectkit.jobs.train_proposer import train_proposer as run
+    from defectkit.segmenter.config import NetworkSpec
+    from defectkit.taxonomy import Taxonomy
+    from defectkit.threads import cpu_count
+
+    torch.set_num_threads(cpu_count())
+    try:
+        network = NetworkSpec(architecture=architecture, encoder=encoder)
+        config = replace(_PROPOSER_DEFAULTS, network=network, epochs=epochs, image_size=image_size, batch_size=batch_size, loss=loss,
+                         box_fill=box_fill, backbone_weights=backbone_weights, val_fraction=val_fraction, seed=seed)
+        result = run(src, format, Taxonomy.load(taxonomy), out, config, device=_device(device), progress=not quiet, log_dir=log_dir)
+    except (DefectkitError, ValueError) as exc:
+        _fail(exc)
+    validation = result.metrics["validation"]
+    Console().print(
+        f"proposer written to {result.bundle}: {result.data['defect_images']} defect and "
+        f"{result.data['images'] - result.data['defect_images']} clean images, {result.epochs} epochs in {result.seconds / 60:.1f} min; "
+        f"validation region recall {validation['region_recall']:.2f}, precision {validation['region_precision']:.2f}, "
+        f"false regions per clean image {validation['false_per_clean_image']}", soft_wrap=True)
+    if result.skipped:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -324,7 +402,7 @@ def pretrain(
     device: Optional[str] = typer.Option(None, help="cpu or cuda; default cuda when present."),
 ):
     """Contrastively pretrain a timm backbone on defect crops (resumes from OUT.state.pt if present)."""
-    from defectkit.pretrain import PretrainConfig, pretrain as run_pretrain
+    from defectkit.jobs.pretrain import PretrainConfig, pretrain as run_pretrain
 
     try:
         config = PretrainConfig(backbone=backbone, method=method, epochs=epochs, batch_size=batch_size,
@@ -353,8 +431,8 @@ def _cache(no_cache: bool):
 
 _BACKBONE = typer.Option(None, "--backbone", help="timm model name (default mobilenetv3_small_100, or what the weights' JSON names).")
 _WEIGHTS = typer.Option(None, "--backbone-weights", help="safetensors / state-dict file, 'hub' (timm pretrained, online) or 'random'. Default: checkpoints/defectkit-backbone.safetensors if present, else random (with a warning).")
-_IMAGE_SIZE = typer.Option(None, "--image-size", help="Backbone input size in px (default 96).")
-_MASK_MODE = typer.Option(None, "--mask-mode", help="How the backbone sees the region mask: none | channel | dim (default none).")
+_IMAGE_SIZE = typer.Option(None, "--image-size", help="Backbone input size in px (default: what the weights' JSON names, 64 for the shipped backbone; 96 without one).")
+_MASK_MODE = typer.Option(None, "--mask-mode", help="How the backbone sees the region mask: none | channel | dim (default: what the weights' JSON names, channel for the shipped backbone; none without one).")
 _TEXTURE = typer.Option(False, "--texture", help="Add LBP, GLCM and HOG texture features.")
 _NO_EMBEDDING = typer.Option(False, "--no-embedding", help="No backbone: geometry (and --texture) features only.")
 _PCA = typer.Option(32, "--pca", help="Embedding PCA components, fitted on training data only (0: whole embedding).")
@@ -377,6 +455,7 @@ def train(
     pca: int = _PCA,
     reject: Optional[float] = typer.Option(None, "--reject", help="Report a defect as 'uncertain' when its subtype probability is below this."),
     cv: int = typer.Option(5, "--cv", help="Folds (grouped by source image) for the printed quality estimate; 0 skips it."),
+    proposer_model: Optional[Path] = typer.Option(None, help="A proposer bundle (from train-proposer) for the model to carry; classify then uses it."),
     seed: int = _SEED,
     no_cache: bool = _NO_CACHE,
     quiet: bool = _QUIET,
@@ -384,12 +463,12 @@ def train(
     """Train the two-level stacked classifier on labelled crops and save it as a model bundle."""
     from defectkit.taxonomy import Taxonomy
     from defectkit.threads import use_one_thread
-    from defectkit.training import train as run_train
+    from defectkit.jobs.train import train as run_train
 
     use_one_thread()  # see defectkit.threads: spin-waiting threads slow the fit on busy cores
     try:
         config = _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, reject)
-        result = run_train(dataset, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), progress=not quiet)
+        result = run_train(dataset, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), progress=not quiet, proposer=proposer_model)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
     if result.cv:
@@ -419,7 +498,7 @@ def evaluate(
     quiet: bool = _QUIET,
 ):
     """Score a bundle on held-out crops (--model), or cross-validate a fresh classifier (--taxonomy --cv K)."""
-    from defectkit.evaluation import evaluate_bundle, evaluate_cv
+    from defectkit.jobs.evaluate import evaluate_bundle, evaluate_cv
     from defectkit.taxonomy import Taxonomy
     from defectkit.threads import use_one_thread
 
@@ -490,9 +569,10 @@ def classify(
     inputs: list[Path] = typer.Argument(..., help="Image files, folders (recursed) or .txt lists of paths."),
     model: Path = typer.Option(..., "--model", "-m", help="Model bundle folder (models/<name>)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    proposer: str = typer.Option("auto", "--proposer", "-p", help="auto | hybrid | sam2 | classical | given, or a plugin's name."),
-    sam2_checkpoint: Optional[str] = typer.Option(None, help="SAM2 checkpoint (default: the config's file in checkpoints/)."),
-    sam2_config: Optional[str] = typer.Option(None, help="SAM2 config: sam2.1_hiera_t|s|b+|l or a YAML in configs/sam2/."),
+    proposer: str = _PROPOSER,
+    proposer_model: Optional[str] = typer.Option(None, help="Proposer bundle for learned/auto/hybrid (default: the one --model carries)."),
+    sam2_checkpoint: Optional[str] = _SAM2_CHECKPOINT,
+    sam2_config: Optional[str] = _SAM2_CONFIG,
     option: list[str] = typer.Option([], "--option", "-O", help="Proposer setting KEY=VALUE (repeatable)."),
     min_confidence: Optional[float] = typer.Option(None, help="Below this confidence a defect is reported as 'uncertain'."),
     keep_background: bool = typer.Option(False, help="Also report proposals classified as background."),
@@ -505,17 +585,19 @@ def classify(
     """Find and classify the defects on images: per-image JSON and overlay, summary.csv, errors.jsonl."""
     from collections import Counter
 
-    from defectkit.classify import ClassifyOptions, classify_images
+    from defectkit.jobs.classify import ClassifyOptions, classify_images
     from defectkit.pipeline import DefectClassifier
-    from defectkit.propose import build_proposer, parse_options
+    from defectkit.propose import parse_options
     from defectkit.threads import use_one_thread
 
     # An image's crops make a batch of a handful and its classification a few rows: one thread
     # does it, and on busy cores spin-waiting OpenMP / BLAS threads made them many times slower.
     use_one_thread()
     try:
-        chosen = build_proposer(proposer, sam2_checkpoint, sam2_config, options=parse_options(option))
-        classifier = DefectClassifier.load(model, chosen, min_area=min_area, min_confidence=min_confidence, keep_background=keep_background)
+        classifier = DefectClassifier.load(model, proposer, sam2_checkpoint, sam2_config, proposer_model, parse_options(option),
+                                           min_area=min_area, min_confidence=min_confidence, keep_background=keep_background)
+        chosen = classifier.proposer
+        console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
         report, rows = classify_images(inputs, out, classifier, ClassifyOptions(coco=coco, overlays=overlays, resume=resume), progress=not quiet)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)

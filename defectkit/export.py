@@ -19,6 +19,7 @@ from pycocotools import mask as mask_utils
 
 from defectkit.defect import Defect
 from defectkit.geometry import Region
+from defectkit.jsonable import to_jsonable
 from defectkit.images import atomic_write_text, write_png
 
 UNCLASSIFIED = "defect"  # the COCO category and overlay label of defects nobody has classified
@@ -46,7 +47,7 @@ def dumps(record: dict) -> str:
     """JSON with one line per top-level key, and one line per item of a list of objects (one
     line per defect): readable, and diffs show which defect changed."""
     lines = []
-    for key, value in _plain(record).items():
+    for key, value in to_jsonable(record).items():
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             items = ",\n".join(f"  {json.dumps(v)}" for v in value)
             lines.append(f" {json.dumps(key)}: [\n{items}\n ]")
@@ -57,19 +58,6 @@ def dumps(record: dict) -> str:
 
 def write_json(path: str | Path, record: dict) -> None:
     atomic_write_text(path, dumps(record))
-
-
-def _plain(value):
-    """numpy scalars and arrays (from measurements and model scores) as JSON types."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # --- CSV -----------------------------------------------------------------------------------------

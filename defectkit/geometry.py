@@ -150,6 +150,17 @@ def defects_from_mask(
     ]
 
 
+def polygonize(masks: list[np.ndarray], image: np.ndarray, image_path: str = "", min_area: int = 10,
+               polygon_tolerance: float = 1.0) -> list[Defect]:
+    """Every connected region of every proposed mask as a measured Defect, ids 1, 2, ... in
+    proposal order."""
+    image_gray = gray(image)  # what the measurements read, converted once per image
+    defects = [d for mask in masks for d in defects_from_mask(image_gray, mask, str(image_path), min_area, polygon_tolerance)]
+    for number, defect in enumerate(defects, start=1):
+        defect.id = number
+    return defects
+
+
 def _shape_features(region: Region, outer: np.ndarray, area: int) -> dict[str, float]:
     perimeter = cv2.arcLength(outer, closed=True)
     circularity = min(1.0, 4 * math.pi * area / perimeter**2) if perimeter > 0 else 1.0

@@ -9,10 +9,8 @@ from defectkit.ensemble.hierarchy import UNCERTAIN
 from defectkit.taxonomy import BACKGROUND, Taxonomy
 
 
-
 def category_of(taxonomy: Taxonomy, subtypes) -> np.ndarray:
-    parents = {s: c for c, subs in taxonomy.categories.items() for s in subs}
-    return np.array([parents.get(str(s), UNCERTAIN) for s in subtypes], dtype=object)
+    return np.array([taxonomy.category_of(str(s), default=UNCERTAIN) for s in subtypes], dtype=object)
 
 
 def report(taxonomy: Taxonomy, true_subtypes, predicted_subtypes, predicted_categories=None) -> dict:

@@ -26,10 +26,10 @@ from defectkit.defect import Defect
 from defectkit.ensemble.hierarchy import UNCERTAIN
 from defectkit.export import image_record, overlay
 from defectkit.features import crop_features
+from defectkit.geometry import polygonize
 from defectkit.images import read_image
 from defectkit.propose import build_proposer
 from defectkit.propose.base import Proposer
-from defectkit.segment import polygonize
 from defectkit.streaming import ahead, chunked
 from defectkit.taxonomy import BACKGROUND
 from defectkit.timing import Timings, stage
@@ -73,12 +73,18 @@ class DefectClassifier:
 
     @classmethod
     def load(cls, model_dir: str | Path, proposer: str | Proposer = "auto", sam2_checkpoint: str | None = None,
-             sam2_config: str | None = None, **options) -> "DefectClassifier":
-        """Load a bundle (checked file by file) and build the proposer by name (or take one given)."""
+             sam2_config: str | None = None, proposer_model: str | Path | None = None, proposer_options: dict | None = None,
+             **options) -> "DefectClassifier":
+        """Load a bundle (checked file by file) and build the proposer by name (or take one given).
+        ``auto``, ``learned`` and ``hybrid`` use the bundle's own learned proposer unless
+        ``proposer_model`` names another."""
         bundle = load_bundle(model_dir)
         bundle.embedder()  # load the backbone now, once, not on the first image
         if isinstance(proposer, str):
-            proposer = build_proposer(proposer, sam2_checkpoint=sam2_checkpoint, sam2_config=sam2_config)
+            if proposer_model is None and proposer in ("auto", "learned", "hybrid") and bundle.proposer_path:
+                proposer_model = bundle.proposer_path
+            proposer = build_proposer(proposer, sam2_checkpoint=sam2_checkpoint, sam2_config=sam2_config, options=proposer_options,
+                                      proposer_model=str(proposer_model) if proposer_model else None)
         return cls(bundle, proposer, **options)
 
     def classify(self, image: np.ndarray | str | Path, image_path: str | Path | None = None, timings: Timings | None = None) -> Result:
@@ -141,7 +147,11 @@ class DefectClassifier:
             return path, exc
 
     def _regions(self, image: np.ndarray, path: str, timings: Timings | None) -> "_Regions":
-        return self._cut(image, path, polygonize(self.proposer, image, path, self.min_area, timings=timings), timings)
+        with stage(timings, "propose"):
+            masks = self.proposer.propose(image, image_path=path)
+        with stage(timings, "polygonize"):
+            defects = polygonize(masks, image, path, self.min_area)
+        return self._cut(image, path, defects, timings)
 
     def _cut(self, image: np.ndarray, path: str, defects: list[Defect], timings: Timings | None) -> "_Regions":
         with stage(timings, "crop"):

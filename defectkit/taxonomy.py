@@ -75,10 +75,13 @@ class Taxonomy:
     def subtypes(self) -> list[str]:
         return [s for subs in self.categories.values() for s in subs]
 
-    def category_of(self, subtype: str) -> str:
+    def category_of(self, subtype: str, default: str | None = None) -> str:
+        """The category of ``subtype``; an unknown subtype is an error, or ``default`` when given."""
         for category, subtypes in self.categories.items():
             if subtype in subtypes:
                 return category
+        if default is not None:
+            return default
         raise TaxonomyError(f"{self.source}: {subtype!r} is not a subtype of taxonomy {self.name!r}")
 
     def resolve(self, raw_label: str) -> tuple[str, str]:

@@ -12,8 +12,10 @@ from defectkit.classifier import ClassifierConfig, decide
 from defectkit.errors import DefectkitError
 from defectkit.labelled import load_labelled
 from defectkit.taxonomy import Taxonomy
-from defectkit.training import train
+from defectkit.jobs.train import train
 from tests.conftest import TAXONOMY, make_defect_crops
+
+pytestmark = pytest.mark.slow  # module fixtures train models
 
 CONFIG = ClassifierConfig(backbone="resnet10t", weights="random", image_size=32, pca=8)
 
@@ -145,6 +147,6 @@ def test_save_refuses_to_overwrite_a_folder_that_is_not_a_bundle(trained, tmp_pa
     bundle = load_bundle(trained[1])
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.txt").write_text("years of work")
-    with pytest.raises(DefectkitError, match="not a defectkit bundle"):
+    with pytest.raises(DefectkitError, match="not a defectkit model bundle"):
         save_bundle(tmp_path / "precious", bundle.model, bundle.taxonomy, bundle.spec, bundle.embedder())
     assert (tmp_path / "precious" / "thesis.txt").read_text() == "years of work"

@@ -1,5 +1,6 @@
 """`DefectClassifier` and `defectkit classify` on generated inspection images with known defects."""
 
+import copy
 import json
 import time
 import types
@@ -11,16 +12,20 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from defectkit.classifier import ClassifierConfig
-from defectkit.classify import ClassifyOptions, classify_images
+from defectkit.jobs.classify import ClassifyOptions, classify_images
 from defectkit.cli import app
 from defectkit.crops import CropSpec
-from defectkit.extract import ExtractOptions, extract
+from defectkit.jobs.extract import ExtractOptions, extract
+from defectkit.geometry import connected_regions
+from defectkit.images import read_image
 from defectkit.pipeline import DefectClassifier, Result
 from defectkit.propose import create_proposer
 from defectkit.taxonomy import Taxonomy
 from defectkit.timing import Timings
-from defectkit.training import train
+from defectkit.jobs.train import train
 from tests.conftest import TAXONOMY, textured, write
+
+pytestmark = pytest.mark.slow  # module fixtures train models
 
 
 def inspection_image(kind: str, seed: int):
@@ -51,22 +56,26 @@ def image_set(root, count, seed):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def trained(tmp_path_factory):
+    """A model trained once for this module, with the timings and result of its training."""
     root = tmp_path_factory.mktemp("classify")
     extract(image_set(root / "train", 10, 0), root / "crops", Taxonomy.load(TAXONOMY), ExtractOptions(crop=CropSpec(size=48)), progress=False)
     config = ClassifierConfig(backbone="resnet10t", weights="random", image_size=32, pca=8)
+    timings = Timings()
     with pytest.warns(UserWarning, match="RANDOM"):
-        result = train(root / "crops", Taxonomy.load(TAXONOMY), root / "model", config, cv=0, progress=False, timings=TRAIN_TIMINGS)
-    assert 0.8 * result.seconds <= TRAIN_TIMINGS.total <= result.seconds
-    return root / "model", image_set(root / "test", 3, 100)
+        result = train(root / "crops", Taxonomy.load(TAXONOMY), root / "model", config, cv=0, progress=False, timings=timings)
+    return types.SimpleNamespace(bundle=root / "model", test=image_set(root / "test", 3, 100), timings=timings, result=result)
 
 
-TRAIN_TIMINGS = Timings()
+@pytest.fixture(scope="module")
+def model(trained):
+    return trained.bundle, trained.test
 
 
-def test_train_records_the_time_of_each_step(model):
-    assert list(TRAIN_TIMINGS.seconds) == ["features", "cv", "fit", "save"]
-    assert all(TRAIN_TIMINGS.calls[step] == 1 for step in TRAIN_TIMINGS.seconds)
+def test_train_records_the_time_of_each_step(trained):
+    assert list(trained.timings.seconds) == ["features", "cv", "fit", "save"]
+    assert all(trained.timings.calls[step] == 1 for step in trained.timings.seconds)
+    assert 0 < trained.timings.total <= trained.result.seconds  # each step counted once, inside the run
 
 
 def test_classify_records_the_time_of_each_stage(model, tmp_path):
@@ -81,7 +90,7 @@ def test_classify_records_the_time_of_each_stage(model, tmp_path):
     assert list(timings.seconds) == ["read", "propose", "polygonize", "crop", "embed", "classify", "write"]
     assert timings.calls["read"] == timings.calls["propose"] == timings.calls["write"] == report.done == len(paths) == 6
     assert timings.calls["embed"] == timings.calls["classify"] == 2  # one pass per chunk of 4 images
-    assert 0.5 * wall <= timings.total <= wall  # the stages are most of the run, and none is counted twice
+    assert 0 < timings.total <= wall  # on one thread no stage is counted twice
     assert sum(timings.shares().values()) == pytest.approx(1)
     again = Timings()
     classifier.classify(paths[0], timings=again)  # a path: the classifier reads it
@@ -153,7 +162,8 @@ def test_background_is_dropped_unless_kept(model):
     kept = DefectClassifier.load(bundle, fake, keep_background=True).classify(free)
     dropped = DefectClassifier.load(bundle, fake).classify(free)
     assert kept.proposals == dropped.proposals == 1 and len(kept.defects) == 1
-    assert len(dropped.defects) == (kept.defects[0].category != "background")
+    assert kept.defects[0].category == "background"  # plain surface, as the background crops it learned from
+    assert dropped.defects == []
 
 
 def test_min_confidence_marks_doubtful_defects_uncertain(model):
@@ -205,6 +215,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
     assert result.exit_code == 2 and "nope" in result.output
 
 
+@pytest.mark.sam2
 def test_classify_with_sam2_end_to_end(model):
     """The SAM2 path (the real tiny model, random weights: no checkpoint can be downloaded here)
     runs through classify: masks come back, are polygonized, cropped, embedded and classified."""
@@ -213,9 +224,15 @@ def test_classify_with_sam2_end_to_end(model):
         proposer = create_proposer("sam2", random_weights=True, mode="automatic", points_per_side=4,
                                    pred_iou_thresh=0.0, stability_score_thresh=0.0, max_fraction=1.0)
     classifier = DefectClassifier.load(bundle, proposer, keep_background=True)
-    result = classifier.classify(sorted((test / "MT_Blowhole").glob("*.jpg"))[0])
+    path = sorted((test / "MT_Blowhole").glob("*.jpg"))[0]
+    result = classifier.classify(path)
     assert result.proposer["name"] == "sam2" and result.size == (160, 120)
     assert result.proposals == len(result.defects) > 0
-    for d in result.defects:
-        assert d.subtype in ("blowhole", "uneven", "break", "crack", "fray", "background", "uncertain")
-        assert len(d.polygon) >= 1 and d.area >= 10
+    # every defect is one connected region of one of SAM2's masks, measured and classified as such
+    image = read_image(path)
+    regions = [r for m in proposer.propose(image) for r in connected_regions(m, 10)]
+    assert sorted(d.area for d in result.defects) == sorted(r.area for r in regions)
+    again = [copy.copy(d) for d in result.defects]
+    classifier.classify_defects(image, again)
+    for d, twin in zip(result.defects, again):
+        assert (twin.subtype, twin.category) == (d.subtype, d.category)

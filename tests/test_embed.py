@@ -14,6 +14,8 @@ from defectkit.embed import Embedder, EmbeddingCache, RandomWeightsWarning
 from defectkit.errors import DefectkitError
 from tests.conftest import make_defect_crops
 
+pytestmark = pytest.mark.slow  # module fixtures train models
+
 TINY = dict(backbone="resnet10t", image_size=32)
 
 

@@ -12,6 +12,8 @@ from defectkit.features import GEOMETRY, geometry_matrix
 from defectkit.labelled import load_labelled
 from tests.conftest import make_defect_crops
 
+pytestmark = pytest.mark.slow  # module fixtures train models
+
 TAXONOMY = {"structural": ["break", "crack", "fray"], "surface": ["blowhole", "uneven"], "background": ["background"]}
 
 

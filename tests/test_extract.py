@@ -10,7 +10,7 @@ from defectkit.cli import app
 from defectkit.crops import CropSpec
 from defectkit.data.manifest import read_manifest
 from defectkit.errors import DefectkitError
-from defectkit.extract import ExtractOptions, extract
+from defectkit.jobs.extract import ExtractOptions, extract
 from defectkit.images import read_mask
 from defectkit.taxonomy import Taxonomy
 from tests.conftest import SAMPLE, TAXONOMY, textured, write
@@ -233,7 +233,7 @@ def test_crops_layout_uses_alpha_or_mask_file(tmp_path):
 
 def test_unknown_format_and_missing_source(tmp_path):
     with pytest.raises(DefectkitError, match="unknown data set format"):
-        run(SAMPLE, tmp_path / "o", format="yolo")
+        run(SAMPLE, tmp_path / "o", format="darknet")
     with pytest.raises(DefectkitError, match="not found"):
         run(tmp_path / "nothing", tmp_path / "o")
 

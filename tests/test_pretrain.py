@@ -7,8 +7,10 @@ from safetensors.torch import load_file
 
 from defectkit.embed import Embedder
 from defectkit.errors import DefectkitError
-from defectkit.pretrain import Augment, PretrainConfig, pretrain
+from defectkit.jobs.pretrain import Augment, PretrainConfig, pretrain
 from tests.conftest import make_defect_crops
+
+pytestmark = pytest.mark.slow  # module fixtures train models
 
 TINY = dict(backbone="resnet10t", image_size=32, batch_size=12, epochs=2, lr=1e-3)
 

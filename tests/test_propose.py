@@ -182,12 +182,14 @@ def blob_image():
     return image
 
 
+@pytest.mark.sam2
 def test_random_weights_only_when_asked_and_with_a_warning():
     with pytest.warns(UserWarning, match="RANDOM weights"):
         proposer = create_proposer("sam2", random_weights=True, device="cpu")
     assert proposer.describe()["checkpoint"] == "RANDOM WEIGHTS"
 
 
+@pytest.mark.sam2
 def test_sam2_automatic_masks_have_the_image_shape_and_polygonize(blob_image):
     proposer = sam2()
     masks = proposer.propose(blob_image)
@@ -199,6 +201,7 @@ def test_sam2_automatic_masks_have_the_image_shape_and_polygonize(blob_image):
     assert proposer.describe()["mode"] == "automatic" and proposer.describe()["points_per_side"] == 2
 
 
+@pytest.mark.sam2
 def test_sam2_box_prompts_give_one_mask_each_from_one_image_encoding(blob_image, monkeypatch):
     proposer = sam2(mode="prompted")
     calls = {"set_image": 0, "predict": 0}
@@ -220,6 +223,7 @@ def test_sam2_box_prompts_give_one_mask_each_from_one_image_encoding(blob_image,
         proposer.predict()
 
 
+@pytest.mark.sam2
 def test_sam2_prompts_go_to_the_decoder_a_few_at_a_time_on_cpu(blob_image, monkeypatch):
     assert sam2(mode="prompted").describe()["prompts_per_batch"] == 4  # measured faster than all at once on CPU
     proposer = sam2(mode="prompted", prompts_per_batch=2)
@@ -236,6 +240,7 @@ def test_sam2_prompts_go_to_the_decoder_a_few_at_a_time_on_cpu(blob_image, monke
     assert sizes == [2, 1] and len(masks) == 3 and all(m.shape == blob_image.shape[:2] for m in masks)
 
 
+@pytest.mark.sam2
 def test_sam2_tiles_large_images_and_merges_objects_cut_by_tile_borders(blob_image, monkeypatch):
     proposer = sam2(mode="tiled", tile_size=160, tile_overlap=0.25)
     # The generator's output per tile is made known: a bar across the tile border, cut in two
@@ -253,6 +258,7 @@ def test_sam2_tiles_large_images_and_merges_objects_cut_by_tile_borders(blob_ima
     assert len(masks) == 1 and np.array_equal(masks[0], bar)
 
 
+@pytest.mark.sam2
 def test_sam2_tiled_prompts_go_to_the_tile_that_holds_them(blob_image, monkeypatch):
     proposer = sam2(mode="tiled", tile_size=160, tile_overlap=0.25)
     shapes = []
@@ -265,6 +271,7 @@ def test_sam2_tiled_prompts_go_to_the_tile_that_holds_them(blob_image, monkeypat
     assert not masks[0][:, :96].any()  # pasted back where the tile lies
 
 
+@pytest.mark.sam2
 def test_hybrid_refines_each_classical_region_with_one_prompt(blob_image):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -307,6 +314,7 @@ REAL = sorted(Path(__file__).resolve().parents[1].glob("checkpoints/sam2*.pt"))
 
 
 @pytest.mark.skipif(not REAL, reason="no SAM2 checkpoint in checkpoints/ (put sam2.1_hiera_tiny.pt there to run this test)")
+@pytest.mark.sam2
 def test_hybrid_with_a_real_checkpoint_outlines_a_real_pore():
     from defectkit.images import read_image, read_mask
     from defectkit.propose.sam2 import PACKAGE_CONFIGS

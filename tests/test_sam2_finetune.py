@@ -20,6 +20,8 @@ from defectkit.sam2_finetune.train import Trainer
 from defectkit.taxonomy import Taxonomy
 from tests.conftest import SAMPLE, TAXONOMY
 
+pytestmark = [pytest.mark.slow, pytest.mark.sam2]  # the real tiny SAM2, random weights
+
 CONFIG = "sam2.1_hiera_t"
 SIZE = 256
 

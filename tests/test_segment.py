@@ -9,7 +9,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
-from defectkit.batch import expand_inputs, output_names
+from defectkit.jobs.batch import expand_inputs, output_names
 from defectkit.cli import app
 from defectkit.geometry import connected_regions
 from defectkit.images import read_image, read_mask

@@ -31,6 +31,15 @@ def test_use_one_thread_limits_torch_openmp_and_blas():
 
     from defectkit.threads import use_one_thread
 
-    use_one_thread()
-    assert torch.get_num_threads() == 1
-    assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    from threadpoolctl import ThreadpoolController
+
+    before_torch, controller = torch.get_num_threads(), ThreadpoolController()
+    before = [(pool, pool.num_threads) for pool in controller.lib_controllers]
+    try:
+        use_one_thread()
+        assert torch.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    finally:  # the rest of the test run keeps its threads
+        torch.set_num_threads(before_torch)
+        for pool, threads in before:
+            pool.set_num_threads(threads)

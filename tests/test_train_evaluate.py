@@ -9,8 +9,10 @@ from typer.testing import CliRunner
 
 from defectkit.cli import app
 from defectkit.errors import DefectkitError
-from defectkit.evaluation import grouped_folds
+from defectkit.jobs.evaluate import grouped_folds
 from tests.conftest import TAXONOMY, make_defect_crops
+
+pytestmark = pytest.mark.slow  # module fixtures train models
 
 BACKBONE = ["--backbone", "resnet10t", "--backbone-weights", "random", "--image-size", "32", "--pca", "8", "--no-cache", "-q"]
 runner = CliRunner()

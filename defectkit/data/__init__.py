@@ -24,6 +24,7 @@ class Annotation:
     label: str
     mask: np.ndarray | None = None
     polygon: list[list[float]] | None = None
+    is_box: bool = False  # the label is a box drawn around the defect, not its outline
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Sample:
     annotated: bool = True  # False when the layout expects an annotation file and none was found
 
 
-FORMATS = ("masks", "voc", "coco", "crops")
+FORMATS = ("masks", "voc", "coco", "yolo", "crops")
 
 
 def read_dataset(src: str | Path, format: str, mask_threshold: int = 127) -> Iterator[Sample]:
@@ -59,6 +60,10 @@ def read_dataset(src: str | Path, format: str, mask_threshold: int = 127) -> Ite
         from defectkit.data.coco import read_coco
 
         return read_coco(src)
+    if format == "yolo":
+        from defectkit.data.yolo import read_yolo
+
+        return read_yolo(src)
     if format == "crops":
         from defectkit.data.crop_folder import read_crop_folder
 

@@ -65,10 +65,15 @@ def _loader(image_path: Path, json_path: Path, info: dict, anns: list[dict], cat
             label = categories.get(ann.get("category_id"))
             if label is None:
                 raise InputError(json_path, f"annotation {ann.get('id')} has unknown category_id {ann.get('category_id')}")
-            out.append(Annotation(label, mask=_decode(ann, height, width, json_path)))
+            out.append(Annotation(label, mask=_decode(ann, height, width, json_path), is_box=_is_box_only(ann)))
         return image, out
 
     return load
+
+
+def _is_box_only(ann: dict) -> bool:
+    segmentation = ann.get("segmentation")
+    return not segmentation and isinstance(ann.get("bbox"), (list, tuple)) and len(ann["bbox"]) == 4
 
 
 def _decode(ann: dict, height: int, width: int, json_path: Path) -> np.ndarray:

@@ -78,6 +78,6 @@ def _loader(image_path: Path, xml_path: Path, objects):
             xmax, ymax = corners[2]
             if xmin >= width or ymin >= height or xmax < 0 or ymax < 0:
                 raise InputError(xml_path, f"box of {name!r} lies outside the {width}x{height} image")
-        return image, [Annotation(name, polygon=corners) for name, corners in objects]
+        return image, [Annotation(name, polygon=corners, is_box=True) for name, corners in objects]
 
     return load

@@ -109,6 +109,20 @@ def build_backbone(name: str, weights: str | Path | None = "default", seed: int 
 
 def load_weights(model: torch.nn.Module, name: str, path: Path) -> None:
     """Load a weights file into ``model``; raise DefectkitError naming the file and the model if they do not fit."""
+    state = read_weights(path, name)
+    head = str(getattr(model, "pretrained_cfg", {}).get("classifier", "classifier"))
+    state = {k: v for k, v in state.items() if not k.startswith(head + ".")}  # a classifier head is not needed
+    problems = mismatch(state, model.state_dict())
+    if problems:
+        raise DefectkitError(
+            f"{path}: weights do not fit backbone {name!r}: " + problems
+            + ". Pass the --backbone the weights were trained for."
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def read_weights(path: Path, name: str) -> dict:
+    """A weights file's tensors by name (safetensors, or a torch state dict read without pickle's code)."""
     from timm.models import load_state_dict
 
     if not path.is_file():
@@ -122,15 +136,7 @@ def load_weights(model: torch.nn.Module, name: str, path: Path) -> None:
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DefectkitError(f"{path}: not a state dict of tensors (backbone {name!r})")
-    head = str(getattr(model, "pretrained_cfg", {}).get("classifier", "classifier"))
-    state = {k: v for k, v in state.items() if not k.startswith(head + ".")}  # a classifier head is not needed
-    problems = mismatch(state, model.state_dict())
-    if problems:
-        raise DefectkitError(
-            f"{path}: weights do not fit backbone {name!r}: " + problems
-            + ". Pass the --backbone the weights were trained for."
-        )
-    model.load_state_dict(state, strict=True)
+    return state
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from defectkit.embed.backbone import DEFAULT_BACKBONE, build_backbone, resolve_weights, sidecar, weights_sha256
 from defectkit.embed.cache import EmbeddingCache, content_key
+from defectkit.devices import pick_device
 from defectkit.errors import DefectkitError
 from defectkit.images import read_image, read_mask
 from defectkit.streaming import ahead
@@ -55,7 +56,7 @@ class Embedder:
         if self.image_size < 16:
             raise DefectkitError(f"image_size must be at least 16 px, got {self.image_size}")
         self.batch_size = int(batch_size)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_device(device)
         self.model, self.source = build_backbone(self.backbone, weights, seed)
         self.model.to(self.device)
         config = resolve_data_config(model=self.model)

@@ -1,13 +1,15 @@
 """Mask proposers, chosen by name: ``create_proposer("classical")``.
 
-Built-ins: ``classical`` (OpenCV), ``sam2`` (automatic, prompted or tiled SAM2), ``hybrid``
-(another proposer's regions refined by SAM2 box and point prompts), ``given`` (annotation masks
-and boxes) and ``auto`` (hybrid when a SAM2 checkpoint is found, else classical). Other packages
+Built-ins: ``learned`` (a segmentation network trained on the user's labels), ``classical``
+(OpenCV), ``sam2`` (automatic, prompted or tiled SAM2), ``hybrid`` (another proposer's regions
+refined by SAM2 box and point prompts), ``given`` (annotation masks and boxes) and ``auto`` (the
+best of these that is available: see ``defectkit.propose.auto``). Other packages
 add theirs through the ``defectkit.proposers`` entry-point group (see ``defectkit.registry``).
 """
 
 from __future__ import annotations
 
+from defectkit.errors import DefectkitError
 from defectkit.propose.base import Prompts, Proposer
 from defectkit.registry import Registry
 
@@ -16,6 +18,7 @@ PROPOSERS.register("classical", "defectkit.propose.classical:ClassicalProposer")
 PROPOSERS.register("sam2", "defectkit.propose.sam2:SAM2Proposer")
 PROPOSERS.register("hybrid", "defectkit.propose.hybrid:HybridProposer")
 PROPOSERS.register("given", "defectkit.propose.given:GivenProposer")
+PROPOSERS.register("learned", "defectkit.propose.learned:LearnedProposer")
 PROPOSERS.register("auto", "defectkit.propose.auto:auto_proposer")
 
 
@@ -38,10 +41,20 @@ def build_proposer(
     annotations: str | None = None,
     annotation_format: str = "masks",
     options: dict | None = None,
+    proposer_model: str | None = None,
 ) -> Proposer:
     """A proposer from the command line's flags: each flag goes to the proposers that use it
-    (``--sam2-*`` to sam2, hybrid and auto; ``--annotations`` to given); ``options`` go as given."""
+    (``--sam2-*`` to sam2, hybrid and auto; ``--annotations`` to given; ``--proposer-model`` to
+    learned, to auto, and to hybrid as its source); ``options`` go as given."""
     kwargs = dict(options or {})
+    if proposer_model:
+        if name not in ("learned", "auto", "hybrid"):
+            raise DefectkitError(f"--proposer-model is for the learned, auto and hybrid proposers, not {name!r}")
+        key = {"learned": "model", "auto": "learned"}.get(name)
+        kwargs.update({key: proposer_model} if key else {"source": "learned", "source_options": {"model": proposer_model}})
+    elif name == "learned":
+        raise DefectkitError("the learned proposer needs a proposer bundle: --proposer-model DIR (from `defectkit train-proposer`), "
+                             "or a --model that carries one")
     if name in ("sam2", "hybrid", "auto"):
         if sam2_checkpoint:
             kwargs["checkpoint"] = sam2_checkpoint
@@ -56,8 +69,6 @@ def build_proposer(
 def parse_options(pairs: list[str]) -> dict:
     """``["points_per_side=48", "mode=tiled"]`` -> ``{"points_per_side": 48, "mode": "tiled"}`` (values read as YAML)."""
     import yaml
-
-    from defectkit.errors import DefectkitError
 
     out = {}
     for pair in pairs:

@@ -1,5 +1,13 @@
-"""``auto``: the hybrid proposer when a SAM2 checkpoint is found, else the classical one; the
-choice and its reason are recorded in ``describe()`` (and so in every result file)."""
+"""``auto``: the best proposer this machine and this model have, in order:
+
+1. the model's learned proposer refined by SAM2 (its regions become SAM2 prompts), when both a
+   learned proposer and a SAM2 checkpoint are there;
+2. the learned proposer alone;
+3. the classical proposer refined by SAM2, when only a checkpoint is there;
+4. the classical proposer.
+
+The choice and its reason are recorded in ``describe()`` (and so in every result file), and
+``classify`` prints them when it starts."""
 
 from __future__ import annotations
 
@@ -35,19 +43,24 @@ def auto_proposer(
     sam2_config: str = DEFAULT_CONFIG,
     checkpoint: str | Path | None = None,
     device: str | None = None,
+    learned: str | Path | None = None,
     **options,
 ) -> AutoProposer:
-    """Hybrid (with ``options``) when a checkpoint for ``sam2_config`` is found, else classical.
-    A ``checkpoint`` that was asked for but does not exist is an error, not a silent fallback."""
+    """The first of the choices above that is available. ``learned`` is a proposer bundle (a model
+    bundle's own, or ``--proposer-model``); ``options`` go to SAM2 refinement. A ``checkpoint``
+    that was asked for but does not exist is an error, not a silent fallback."""
     from defectkit.propose.classical import ClassicalProposer
     from defectkit.propose.hybrid import HybridProposer
+    from defectkit.propose.learned import LearnedProposer
 
     stem, model_yaml, yaml_checkpoint, _ = resolve_config(sam2_config)
     found = find_checkpoint(stem, checkpoint or yaml_checkpoint)
     if found is None and checkpoint:
         raise missing_checkpoint_error(stem, checkpoint)
+    source = LearnedProposer(learned, device=device) if learned else ClassicalProposer()
+    source_reason = f"learned proposer {learned}" if learned else "no learned proposer (train one with `defectkit train-proposer`)"
     if found is None:
         where = " or ".join(str(d) for d in checkpoint_dirs())
-        return AutoProposer(ClassicalProposer(), f"no SAM2 checkpoint ({expected_checkpoint(stem)} not in {where})")
-    hybrid = HybridProposer(sam2_config=sam2_config, checkpoint=found, device=device, **options)
-    return AutoProposer(hybrid, f"SAM2 checkpoint {found} found")
+        return AutoProposer(source, f"{source_reason}; no SAM2 checkpoint ({expected_checkpoint(stem)} not in {where})")
+    hybrid = HybridProposer(source=source, sam2_config=sam2_config, checkpoint=found, device=device, **options)
+    return AutoProposer(hybrid, f"{source_reason}, refined by SAM2 checkpoint {found}")

@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 
 from defectkit.images import gray
+from defectkit.matching import mask_iou
 from defectkit.propose.base import Proposer, Prompts
 
 
@@ -244,7 +245,7 @@ class ClassicalProposer(Proposer):
         for _, mask in sorted(scored, key=lambda item: -item[0]):
             if len(kept) == self.max_proposals:
                 break
-            if np.count_nonzero(mask) > self.max_fraction * size or any(_iou(mask, other) > self.overlap for other in kept):
+            if np.count_nonzero(mask) > self.max_fraction * size or any(mask_iou(mask, other) > self.overlap for other in kept):
                 continue
             kept.append(mask)
         return kept
@@ -339,11 +340,6 @@ def _contrasted(small, mask, min_fraction, min_contrast, shape, sign=-1) -> list
         if contrast >= min_contrast:
             out.append((contrast / min_contrast, _upscale(region, shape)))
     return out
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter = np.count_nonzero(a & b)
-    return inter / max(np.count_nonzero(a) + np.count_nonzero(b) - inter, 1)
 
 
 def _sides_touched(mask: np.ndarray) -> int:

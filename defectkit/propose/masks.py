@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from defectkit.geometry import Region
+from defectkit.matching import intersection, iou
 
 
 def tight(mask: np.ndarray, x: int = 0, y: int = 0) -> Region | None:
@@ -17,27 +18,6 @@ def tight(mask: np.ndarray, x: int = 0, y: int = 0) -> Region | None:
     if not len(rows):
         return None
     return Region(x + int(cols[0]), y + int(rows[0]), mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy())
-
-
-def _window(a: Region, box: tuple[int, int, int, int]) -> np.ndarray:
-    x0, y0, x1, y1 = box
-    return a.mask[y0 - a.y : y1 - a.y, x0 - a.x : x1 - a.x]
-
-
-def intersection(a: Region, b: Region, box: tuple[int, int, int, int] | None = None) -> int:
-    """Pixels set in both (within ``box`` = x0, y0, x1, y1 when given)."""
-    x0, y0 = max(a.x, b.x), max(a.y, b.y)
-    x1, y1 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
-    if box is not None:
-        x0, y0, x1, y1 = max(x0, box[0]), max(y0, box[1]), min(x1, box[2]), min(y1, box[3])
-    if x1 <= x0 or y1 <= y0:
-        return 0
-    return int((_window(a, (x0, y0, x1, y1)) & _window(b, (x0, y0, x1, y1))).sum())
-
-
-def iou(a: Region, b: Region) -> float:
-    inter = intersection(a, b)
-    return inter / max(a.area + b.area - inter, 1)
 
 
 def union(a: Region, b: Region) -> Region:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from defectkit.devices import pick_device
 from defectkit.errors import DefectkitError
 from defectkit.propose.base import Proposer, Prompts
 from defectkit.propose.masks import dedupe, merge_tiles, tight, tile_boxes
@@ -195,7 +196,7 @@ class SAM2Proposer(Proposer):
         self.settings = {**DEFAULTS, **yaml_options, **options}
         self.mode = mode
         self.config_name = stem if model_yaml is None else str(model_yaml)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_device(device)
         if self.settings["prompts_per_batch"] is None:
             self.settings["prompts_per_batch"] = 0 if self.device.type == "cuda" else 4
         wanted = checkpoint or yaml_checkpoint

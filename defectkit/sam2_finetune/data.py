@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from defectkit.data import read_dataset
+from defectkit.data.split import split_records
 from defectkit.errors import DefectkitError, InputError, TaxonomyError
 from defectkit.geometry import Region, connected_regions
 from defectkit.taxonomy import BACKGROUND, Taxonomy
@@ -119,16 +120,11 @@ def split_by_image(images: list[LabelledImage], val_fraction: float, seed: int) 
     more), chosen by ``seed``; the same images and seed give the same split."""
     if not 0.0 <= val_fraction < 1.0:
         raise DefectkitError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    train, heldout = [], []
-    for label, group in _by_label(images).items():
-        order = _permutation(len(group), seed, label)
-        count = round(len(group) * val_fraction)
-        if val_fraction > 0 and len(group) >= 2:
-            count = min(max(count, 1), len(group) - 1)
-        held = set(order[:count].tolist())
-        for index, image in enumerate(group):
-            (heldout if index in held else train).append(image)
-    return sorted(train, key=lambda i: i.key), sorted(heldout, key=lambda i: i.key)
+    if val_fraction == 0:
+        return sorted(images, key=lambda i: i.key), []
+    by_key = {image.key: image for image in images}
+    train, heldout = split_records([{"image": key, "subtype": image.label} for key, image in sorted(by_key.items())], val_fraction, seed)
+    return [by_key[r["image"]] for r in train], [by_key[r["image"]] for r in heldout]
 
 
 def training_subset(images: list[LabelledImage], fraction: float, seed: int) -> list[LabelledImage]:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from defectkit.matching import iou_matrix
 from defectkit.sam2_finetune.data import LabelledImage, box_of, center_point
 from defectkit.sam2_finetune.model import image_predictor, quiet_jit
 from defectkit.propose.sam2 import DEFAULTS as SAM2_DEFAULTS
@@ -115,11 +116,11 @@ def evaluate(model, images: list[LabelledImage], amg: dict | None = AMG_DEFAULTS
             masks = masks.reshape(n, -1, height, width)
             point_masks = masks[np.arange(n), np.asarray(predicted).reshape(n, -1).argmax(axis=1)] > 0
             automatic = [r["segmentation"] for r in generator.generate(pixels)] if generator else None
-        box_iou = _pairwise_iou(truth, box_masks).diagonal()
-        point_iou = _pairwise_iou(truth, point_masks).diagonal()
+        box_iou = iou_matrix(truth, box_masks).diagonal()
+        point_iou = iou_matrix(truth, point_masks).diagonal()
         if automatic is not None:
             result.amg_masks.append(len(automatic))
-            amg_iou = _pairwise_iou(truth, np.stack(automatic)).max(axis=1) if automatic else np.zeros(n)
+            amg_iou = iou_matrix(truth, np.stack(automatic)).max(axis=1) if automatic else np.zeros(n)
         for i, inst in enumerate(image.instances):
             result.scores.append(RegionScore(
                 image.key, inst.subtype, float(box_iou[i]), float(point_iou[i]),
@@ -127,15 +128,6 @@ def evaluate(model, images: list[LabelledImage], amg: dict | None = AMG_DEFAULTS
             ))
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every mask in ``a`` (N, H, W) with every mask in ``b`` (K, H, W) -> (N, K)."""
-    fa = a.reshape(len(a), -1).astype(np.float32)
-    fb = b.reshape(len(b), -1).astype(np.float32)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
 def _predictor_sharing_encodings(model):
@@ -198,7 +190,7 @@ def evaluate_checkpoints(src, config: str, checkpoints: list, data=None, image_s
     from defectkit.errors import DefectkitError
     from defectkit.sam2_finetune.data import DataOptions, load_split
     from defectkit.sam2_finetune.model import load_model, read_metadata
-    from defectkit.sam2_finetune.train import pick_device
+    from defectkit.devices import pick_device
 
     device = pick_device(device)
     split = load_split(src, data or DataOptions())

@@ -30,8 +30,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from defectkit.devices import pick_device
 from defectkit.errors import DefectkitError
 from defectkit.images import atomic_write_bytes
+from defectkit.jsonable import to_jsonable
+from defectkit.tensorboard import tensorboard_writer
 from defectkit.sam2_finetune.data import DataOptions, LabelledImage, Prompt, Split, load_split, sample_prompt, training_subset
 from defectkit.sam2_finetune.losses import LossWeights, sam2_loss
 from defectkit.sam2_finetune.model import Features, decode, encode, load_model, resolve_config, save_checkpoint, to_model_frame, transforms_for
@@ -133,7 +136,7 @@ class Trainer:
         self.trainable = set_trainable(model, options.train_image_encoder)
         self.optimizer = make_optimizer(model, options)
         self.cache = None if options.train_image_encoder else FeatureCache(options.cache_gb * 2**30)
-        self.writer = _tensorboard(log_dir)
+        self.writer = tensorboard_writer(log_dir, warn=False)
         self.cuda = self.device.type == "cuda"
 
     def autocast(self):
@@ -322,16 +325,6 @@ def _cosine(step: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _tensorboard(log_dir):
-    if log_dir is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(log_dir))
-
-
 # --- the whole workflow: data set + checkpoint -> checkpoint (+ evaluation) -----------------------
 
 
@@ -351,14 +344,6 @@ class FinetuneResult:
 def state_path(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(f"{out.stem}.train-state.pt")
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DefectkitError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(device)
 
 
 def finetune_sam2(
@@ -426,7 +411,7 @@ def finetune_sam2(
             "heldout_images": [i.key for i in split.heldout],
             "epoch": epoch,
             "history": history,
-            "options": _plain(asdict(options)),
+            "options": to_jsonable(asdict(options)),
         }
 
     def on_epoch_end(epoch: int, history: list[dict]) -> None:
@@ -476,14 +461,3 @@ def _check_resumable(state: dict, state_file: Path, config_name: str, image_size
         problems.append("another set of training images (check --seed, --val-fraction, --fraction and the data set)")
     if problems:
         raise DefectkitError(f"cannot resume from {state_file}: it was trained with {'; '.join(problems)}")
-
-
-def _plain(value):
-    """Dataclass dicts -> plain values that torch.load(weights_only=True) reads back."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from defectkit.batch import BatchReport, read_each, write_results
+from defectkit.jobs.batch import BatchReport, read_each, write_results
 from defectkit.defect import Defect
 from defectkit.export import CocoWriter, image_record
-from defectkit.geometry import defects_from_mask
-from defectkit.images import gray
+from defectkit.geometry import polygonize
 from defectkit.propose.base import Proposer
-from defectkit.timing import Timings, stage
 
 COCO_FILE = "coco.json"
 CSV_FILE = "defects.csv"
@@ -33,27 +31,12 @@ class SegmentOptions:
     resume: bool = False  # keep results already in the output folder
 
 
-def polygonize(proposer: Proposer, image: np.ndarray, image_path: str | Path = "", min_area: int = 10, polygon_tolerance: float = 1.0,
-               timings: Timings | None = None) -> list[Defect]:
-    """Propose masks for one image and describe every connected region of each as a Defect
-    (ids 1, 2, ... in proposal order). ``timings`` adds the seconds of ``propose`` and ``polygonize``."""
-    with stage(timings, "propose"):
-        masks = proposer.propose(image, image_path=str(image_path))
-    with stage(timings, "polygonize"):
-        defects: list[Defect] = []
-        image_gray = gray(image)  # what the measurements read, converted once per image
-        for mask in masks:
-            defects += defects_from_mask(image_gray, mask, str(image_path), min_area, polygon_tolerance)
-    for number, defect in enumerate(defects, start=1):
-        defect.id = number
-    return defects
-
-
 def segment(inputs: list[str | Path], out: str | Path, proposer: Proposer, options: SegmentOptions = SegmentOptions(), progress: bool = True) -> BatchReport:
     description = proposer.describe()
 
     def analyse(path: Path, image: np.ndarray) -> tuple[dict, list[Defect]]:
-        defects = polygonize(proposer, image, path, options.min_area, options.polygon_tolerance)
+        masks = proposer.propose(image, image_path=str(path))
+        defects = polygonize(masks, image, path, options.min_area, options.polygon_tolerance)
         return image_record(path, (image.shape[1], image.shape[0]), defects, proposer=description), defects
 
     report, _ = write_results(inputs, out, read_each(analyse), CocoWriter(), overlays=options.overlays, resume=options.resume,

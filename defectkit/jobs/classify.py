@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from defectkit.batch import BatchReport, write_results
+from defectkit.jobs.batch import BatchReport, write_results
 from defectkit.export import CocoWriter
 from defectkit.pipeline import CHUNK_IMAGES, UNCERTAIN, DefectClassifier
 from defectkit.timing import Timings

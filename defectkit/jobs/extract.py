@@ -33,6 +33,7 @@ class ExtractOptions:
     background_per_image: int = 2
     background_in_defect_images: int = 0
     negatives_from: str | None = None  # a proposer whose proposals off every defect become background
+    proposer_model: str | None = None  # the proposer bundle of negatives_from learned (or auto, hybrid)
     seed: int = 0
 
 
@@ -58,9 +59,9 @@ class _Extractor:
         self.summary = ExtractSummary(out)
         self.negatives = None
         if options.negatives_from:
-            from defectkit.propose import create_proposer
+            from defectkit.propose import build_proposer
 
-            self.negatives = create_proposer(options.negatives_from)
+            self.negatives = build_proposer(options.negatives_from, proposer_model=options.proposer_model)
 
     def run(self, progress: bool) -> ExtractSummary:
         samples = list(read_dataset(self.src, self.options.format, self.options.mask_threshold))

@@ -9,7 +9,7 @@ from pathlib import Path
 from defectkit.bundle import save_bundle
 from defectkit.classifier import ClassifierConfig
 from defectkit.data.manifest import crop_settings
-from defectkit.evaluation import CVResult, cross_validate
+from defectkit.jobs.evaluate import CVResult, cross_validate
 from defectkit.features import build_features
 from defectkit.labelled import check_trainable, load_labelled
 from defectkit.taxonomy import Taxonomy
@@ -36,10 +36,12 @@ def train(
     progress: bool = True,
     timings: Timings | None = None,
     jobs: int | None = None,
+    proposer: str | Path | None = None,
 ) -> TrainResult:
     """Embed the crops, estimate quality by grouped ``cv``-fold CV (0: skip), fit on all crops, save.
     ``timings`` adds the seconds of ``features`` (backbone built, crops embedded or taken from the
-    cache), ``cv``, ``fit`` and ``save``. ``jobs`` threads fit the stacks' folds (None: one per CPU)."""
+    cache), ``cv``, ``fit`` and ``save``. ``jobs`` threads fit the stacks' folds (None: one per CPU).
+    ``proposer``: a proposer bundle (``train-proposer``) that the model carries and ``classify`` uses."""
     start = time.perf_counter()
     with stage(timings, "features"):
         crops = load_labelled(dataset, taxonomy)
@@ -56,5 +58,5 @@ def train(
     metrics = result.to_dict() if result else {}
     metrics.pop("confusion", None)
     with stage(timings, "save"):
-        bundle = save_bundle(out, model, taxonomy, spec, embedder, training=summary, metrics=metrics)
+        bundle = save_bundle(out, model, taxonomy, spec, embedder, training=summary, metrics=metrics, proposer=proposer)
     return TrainResult(bundle, model, summary, result, time.perf_counter() - start)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from defectkit.data.manifest import read_manifest
 from defectkit.embed import DEFAULT_BACKBONE, Embedder
+from defectkit.tensorboard import tensorboard_writer
 from defectkit.errors import DefectkitError
 from defectkit.images import atomic_write_text, read_image, read_mask
 
@@ -169,7 +170,7 @@ def pretrain(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = int(state["epoch"]), [float(x) for x in state["history"]]
-    writer = _tensorboard(logdir)
+    writer = tensorboard_writer(logdir)
     started = time.perf_counter()
     model.train()
     for epoch in range(start_epoch, config.epochs):
@@ -226,16 +227,3 @@ def pretrain(
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-
-
-def _tensorboard(logdir):
-    if logdir is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        import warnings
-
-        warnings.warn("--logdir given but tensorboard is not installed; pip install tensorboard", stacklevel=2)
-        return None
-    return SummaryWriter(str(logdir))

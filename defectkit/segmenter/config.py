@@ -1,0 +1,77 @@
+"""The settings of a segmentation network and of its training (no torch needed to read them)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from defectkit.errors import DefectkitError
+from defectkit.jsonable import to_jsonable
+
+ARCHITECTURES = {"unet": "Unet", "fpn": "FPN", "deeplabv3plus": "DeepLabV3Plus"}
+# unet: one width per decoder stage; fpn: (pyramid, segmentation) widths; deeplabv3plus: (width,)
+DECODER_CHANNELS = {"fpn": (64, 32), "unet": (128, 64, 32, 16, 16), "deeplabv3plus": (128,)}
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    architecture: str = "fpn"
+    encoder: str = "mobilenetv3_small_100"  # any timm model name
+    decoder_channels: tuple[int, ...] = ()  # () : the architecture's default in DECODER_CHANNELS
+    classes: int = 1  # one map: defect vs background (the classifier names the subtype)
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise DefectkitError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if not self.decoder_channels:
+            object.__setattr__(self, "decoder_channels", DECODER_CHANNELS[self.architecture])
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "decoder_channels": list(self.decoder_channels)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetworkSpec":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "decoder_channels" in known:
+            known["decoder_channels"] = tuple(int(c) for c in known["decoder_channels"])
+        return cls(**known)
+
+
+LOSSES = ("dice+bce", "dice+focal", "tversky")
+
+
+@dataclass(frozen=True)
+class TrainProposerConfig:
+    network: NetworkSpec = NetworkSpec()
+    image_size: int = 160  # side of the training crops
+    batch_size: int = 16
+    epochs: int = 80
+    steps_per_epoch: int = 64
+    defect_share: float = 0.6  # crops centred on a true defect; the rest anywhere
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    loss: str = "dice+bce"
+    box_fill: str = "ellipse"  # boxes as weak masks: the inscribed ellipse, or the filled box
+    val_fraction: float = 0.2
+    eval_every: int = 4  # epochs between validations
+    patience: int = 6  # validations without a better region F1 before stopping
+    tile: int = 512  # inference: images larger than this are tiled
+    overlap: int = 64
+    min_area: int = 10
+    backbone_weights: str | None = None  # a defectkit backbone file for the encoder; None: random
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("image_size", "batch_size", "epochs", "steps_per_epoch", "eval_every", "patience"):
+            if getattr(self, name) < 1:
+                raise DefectkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.image_size % 32:
+            raise DefectkitError(f"--image-size must be a multiple of 32, got {self.image_size}")
+        if self.tile % 32 or self.tile <= 2 * self.overlap:
+            raise DefectkitError(f"tile {self.tile} must be a multiple of 32 and more than twice the overlap {self.overlap}")
+        if self.loss not in LOSSES:
+            raise DefectkitError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if not 0 < self.val_fraction < 1:
+            raise DefectkitError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+
+    def to_dict(self) -> dict:
+        return to_jsonable({**asdict(self), "network": self.network.to_dict()})

@@ -1,0 +1,169 @@
+"""Train the segmentation network on labelled images: crops, Dice plus BCE (or focal, or Tversky),
+AdamW with a cosine schedule, early stopping on the validation part's region F1, and the
+post-processing chosen on that part. Seeded and resumable (a state file beside the output)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from defectkit.devices import pick_device
+from defectkit.errors import DefectkitError
+from defectkit.segmenter.data import SegImage
+from defectkit.segmenter.inference import Postprocess, autocast, probability_map
+from defectkit.segmenter.config import TrainProposerConfig
+from defectkit.segmenter.network import build_network, init_encoder
+from defectkit.segmenter.sampling import sample_batch
+from defectkit.segmenter.scoring import choose_postprocess, score
+from defectkit.tensorboard import tensorboard_writer
+
+@dataclass
+class TrainedProposer:
+    network: torch.nn.Module
+    post: Postprocess
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+    epochs_run: int = 0
+
+
+def loss_fn(name: str):
+    import segmentation_models_pytorch as smp
+    from torchvision.ops import sigmoid_focal_loss
+
+    if name == "tversky":
+        return smp.losses.TverskyLoss("binary", alpha=0.3, beta=0.7)
+    dice = smp.losses.DiceLoss("binary")
+    if name == "dice+focal":
+        return lambda logits, target: dice(logits, target) + 10 * sigmoid_focal_loss(logits, target, reduction="mean")
+    return lambda logits, target: dice(logits, target) + F.binary_cross_entropy_with_logits(logits, target)
+
+
+def validation_images(val: list[SegImage], limit_clean: bool) -> list[SegImage]:
+    """Every defect image of the part; during training at most as many clean ones (the final choice
+    of post-processing sees them all)."""
+    defect = [i for i in val if i.regions]
+    clean = [i for i in val if not i.regions]
+    return defect + (clean[: max(len(defect), 1)] if limit_clean else clean)
+
+
+def predict_maps(network: torch.nn.Module, images: list[SegImage], config: TrainProposerConfig, device) -> list[np.ndarray]:
+    network.eval()
+    return [probability_map(network, i.image, config.tile, config.overlap, device) for i in images]
+
+
+def train_network(train: list[SegImage], val: list[SegImage], config: TrainProposerConfig, state_file: Path | None = None,
+                  device: str | None = None, progress: bool = True, log_dir: str | Path | None = None) -> TrainedProposer:
+    config.validate()
+    device = pick_device(device)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    network = build_network(config.network)
+    if config.backbone_weights:
+        init_encoder(network, config.network, config.backbone_weights)
+    network.to(device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total = config.epochs * config.steps_per_epoch
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=config.lr * 0.02)
+    criterion = loss_fn(config.loss)
+    truths_of = lambda images: [(i.regions, i.boxes) for i in images]  # noqa: E731
+    monitored = validation_images(val, limit_clean=True)
+
+    start, best_f1, best_state, history, waited = 0, -1.0, None, [], 0
+    if state_file is not None and state_file.is_file():
+        saved = _read_state(state_file, config)
+        network.load_state_dict(saved["network"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        start, best_f1, history, waited = saved["epoch"], saved["best_f1"], saved["history"], saved["waited"]
+        best_state = saved["best"]
+    writer = tensorboard_writer(log_dir, warn=False)
+    bar = tqdm(total=total, initial=start * config.steps_per_epoch, desc="train-proposer", unit="step", disable=not progress)
+    epoch = start
+    try:
+        for epoch in range(start + 1, config.epochs + 1):
+            if waited >= config.patience:
+                epoch -= 1
+                break
+            network.train()
+            losses = []
+            for _ in range(config.steps_per_epoch):
+                inputs, targets = sample_batch(train, config.image_size, config.batch_size, config.defect_share, rng)
+                inputs, targets = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
+                with autocast(device):
+                    logits = network(inputs)
+                loss = criterion(logits.float(), targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                bar.update()
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", best_f1=f"{max(best_f1, 0):.3f}")
+            row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": schedule.get_last_lr()[0]}
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                post = Postprocess(0.5, 0.5, config.min_area)
+                result = score(truths_of(monitored), predict_maps(network, monitored, config, device), post)
+                row.update({f"val_{k}": v for k, v in result.to_dict().items() if isinstance(v, float)})
+                if result.f1 > best_f1:
+                    best_f1, waited = result.f1, 0
+                    best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+                else:
+                    waited += 1
+            history.append(row)
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch" and isinstance(value, float):
+                        writer.add_scalar(f"train_proposer/{key}", value, epoch)
+            if state_file is not None:
+                _write_state(state_file, config, network, optimizer, schedule, rng, epoch, best_f1, history, waited, best_state)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    final = validation_images(val, limit_clean=False)
+    post, result = choose_postprocess(truths_of(final), predict_maps(network, final, config, device),
+                                      min_areas=tuple(sorted({config.min_area, 25, 50, 100})))
+    network.cpu().eval()
+    return TrainedProposer(network, post, {"validation": result.to_dict(), "best_monitored_f1": round(best_f1, 4)}, history, epoch)
+
+
+def _write_state(path: Path, config, network, optimizer, schedule, rng, epoch, best_f1, history, waited, best_state) -> None:
+    state = {
+        "config": config.to_dict(),
+        "network": network.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "epoch": epoch,
+        "best_f1": best_f1,
+        "history": history,
+        "waited": waited,
+        "best": best_state,
+    }
+    temporary = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def _read_state(path: Path, config: TrainProposerConfig) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DefectkitError(f"{path}: cannot read the training state ({type(exc).__name__}: {exc}); delete it to start over") from exc
+    if state.get("config") != config.to_dict():
+        changed = sorted(k for k in config.to_dict() if state.get("config", {}).get(k) != config.to_dict()[k])
+        raise DefectkitError(f"{path}: a run with other settings ({', '.join(changed)}) left this state; "
+                             "run with the same settings to resume it, or delete it to start over")
+    return state

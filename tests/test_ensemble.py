@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from defectkit.ensemble import UNCERTAIN, BalancedXGBClassifier, Hierarchy, StackedEnsemble, default_estimators
 from defectkit.features import GEOMETRY, geometry_matrix
@@ -67,11 +70,14 @@ def test_probabilities_sum_to_one_at_each_level(data):
 def test_rejection_threshold_reports_uncertain(data):
     X, y, _ = data
     model = Hierarchy(TAXONOMY, light_stack(), rejection_threshold=0.9).fit(X, y)
-    _, _, confidence = model.decide(X)
+    _, decided, confidence = model.decide(X)
+    assert np.array_equal(decided == UNCERTAIN, confidence < 0.9)
+    assert (model.set_params(rejection_threshold=1.0).decide(X)[1] == UNCERTAIN).all()
+    assert UNCERTAIN not in model.set_params(rejection_threshold=None).decide(X)[1]
+    # predict stays within classes_ (scikit-learn's contract): the subtype decide names when it does not reject
     predicted = model.predict(X)
-    assert np.array_equal(predicted == UNCERTAIN, confidence < 0.9)
-    assert (model.set_params(rejection_threshold=1.0).predict(X) == UNCERTAIN).all()
-    assert UNCERTAIN not in model.set_params(rejection_threshold=None).predict(X)
+    assert set(predicted) <= set(model.classes_)
+    assert np.array_equal(predicted[decided != UNCERTAIN], decided[decided != UNCERTAIN])
 
 
 def test_estimators_are_clonable_and_fit_in_pipelines(data):
@@ -124,3 +130,14 @@ def test_bad_labels_are_clear_errors(data):
         light_stack(passthrough=X.shape[1] + 1).fit(X, y)
     with pytest.raises(ValueError, match="rejection_threshold"):
         Hierarchy(TAXONOMY, light_stack(), rejection_threshold=2).fit(X, y)
+
+
+@parametrize_with_checks(
+    [
+        StackedEnsemble(estimators=[("lr", LogisticRegression(max_iter=200)), ("knn", KNeighborsClassifier(3))], cv=3),
+        Hierarchy(estimator=LogisticRegression(max_iter=200)),
+    ]
+)
+def test_scikit_learn_estimator_checks(estimator, check):
+    """scikit-learn's own contract tests (fit/predict, cloning, input validation, not-fitted errors)."""
+    check(estimator)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from numbers import Real
+
+from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -23,12 +26,18 @@ class Hierarchy(ClassifierMixin, BaseEstimator):
     taxonomy: ``{category: [subtypes]}`` or a :class:`defectkit.taxonomy.Taxonomy`; None makes every
         label its own category (one level).
     estimator: the classifier cloned for every level (default :class:`StackedEnsemble`).
-    rejection_threshold: where the predicted subtype's probability is below it, ``predict`` says
-        ``"uncertain"``; None never rejects.
+    rejection_threshold: where the predicted subtype's probability is below it, :meth:`decide`
+        says ``"uncertain"``; None never rejects. ``predict`` always answers one of ``classes_``.
 
     The decision is top-down: the most probable category, then its most probable subtype; the
     confidence is the product of the two probabilities.
     """
+
+    _parameter_constraints: dict = {
+        "taxonomy": [dict, HasMethods(["resolve"]), None],  # {category: [subtypes]} or a Taxonomy
+        "estimator": [HasMethods(["fit", "predict_proba"]), None],
+        "rejection_threshold": [Interval(Real, 0, 1, closed="both"), None],
+    }
 
     def __init__(self, taxonomy=None, estimator=None, rejection_threshold: float | None = None):
         self.taxonomy = taxonomy
@@ -46,8 +55,7 @@ class Hierarchy(ClassifierMixin, BaseEstimator):
         return parents
 
     def fit(self, X, y):
-        if self.rejection_threshold is not None and not 0 <= self.rejection_threshold <= 1:
-            raise ValueError(f"rejection_threshold must be between 0 and 1, got {self.rejection_threshold}")
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         parents = self._parents(np.unique(y))
@@ -93,6 +101,12 @@ class Hierarchy(ClassifierMixin, BaseEstimator):
     def _joint(self, category_proba: np.ndarray, conditional: np.ndarray) -> np.ndarray:
         return category_proba[:, np.searchsorted(self.categories_, self.parent_)] * conditional
 
+    def _top_down(self, category_proba: np.ndarray, conditional: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: the most probable category, and its most probable subtype (indices)."""
+        best = np.argmax(category_proba, axis=1)
+        within = np.where(self.parent_[None, :] == self.categories_[best][:, None], conditional, -1.0)
+        return best, np.argmax(within, axis=1)
+
     def predict_category(self, X) -> np.ndarray:
         return self.categories_[np.argmax(self.predict_category_proba(X), axis=1)]
 
@@ -105,9 +119,7 @@ class Hierarchy(ClassifierMixin, BaseEstimator):
         level's model run once."""
         category_proba = self.predict_category_proba(X)
         conditional = self.predict_conditional_proba(X)
-        best = np.argmax(category_proba, axis=1)
-        within = np.where(self.parent_[None, :] == self.categories_[best][:, None], conditional, -1.0)
-        subtype = np.argmax(within, axis=1)
+        best, subtype = self._top_down(category_proba, conditional)
         confidence = category_proba[np.arange(len(best)), best] * conditional[np.arange(len(best)), subtype]
         labels = self.classes_[subtype]
         if self.rejection_threshold is not None:
@@ -116,7 +128,9 @@ class Hierarchy(ClassifierMixin, BaseEstimator):
         return self.categories_[best], labels, confidence, category_proba, self._joint(category_proba, conditional)
 
     def predict(self, X) -> np.ndarray:
-        return self.decide(X)[1]
+        """The top-down subtype (one of ``classes_``; see :meth:`decide` for rejection)."""
+        category_proba = self.predict_category_proba(X)
+        return self.classes_[self._top_down(category_proba, self.predict_conditional_proba(X))[1]]
 
 
 def _columns(proba: np.ndarray, have, want) -> np.ndarray:

@@ -13,6 +13,9 @@ import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from numbers import Integral
+
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -32,15 +35,29 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
     stack_method: ``"proba"`` (default) or ``"log_proba"``: what of the base probabilities it sees.
     cv: folds for the out-of-fold probabilities (fewer when a class has fewer samples).
     random_state: seed for the folds and the default learners.
+    n_jobs: jobs for the folds and the final fits, as in scikit-learn (None: one, or what an enclosing
+        ``joblib.parallel_config`` says, e.g. :func:`defectkit.threads.parallel_folds`).
     """
 
-    def __init__(self, estimators=None, final_estimator=None, passthrough: int = 0, stack_method: str = "proba", cv: int = 5, random_state: int | None = 0):
+    _parameter_constraints: dict = {
+        "estimators": [list, None],
+        "final_estimator": [HasMethods(["fit", "predict_proba"]), None],
+        "passthrough": [Interval(Integral, 0, None, closed="left")],
+        "stack_method": [StrOptions(set(STACK_METHODS))],
+        "cv": [Interval(Integral, 2, None, closed="left")],
+        "random_state": ["random_state"],
+        "n_jobs": [Integral, None],
+    }
+
+    def __init__(self, estimators=None, final_estimator=None, passthrough: int = 0, stack_method: str = "proba", cv: int = 5,
+                 random_state: int | None = 0, n_jobs: int | None = None):
         self.estimators = estimators
         self.final_estimator = final_estimator
         self.passthrough = passthrough
         self.stack_method = stack_method
         self.cv = cv
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def _members(self) -> list[tuple[str, object]]:
         members = default_estimators(self.random_state) if self.estimators is None else list(self.estimators)
@@ -55,8 +72,7 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
         return members
 
     def fit(self, X, y):
-        if self.stack_method not in STACK_METHODS:
-            raise ValueError(f"stack_method must be one of {STACK_METHODS}, got {self.stack_method!r}")
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         if not 0 <= self.passthrough <= X.shape[1]:
@@ -64,15 +80,15 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
         self.classes_, encoded = np.unique(y, return_inverse=True)
         counts = np.bincount(encoded)
         if len(self.classes_) < 2:
-            raise ValueError(f"a stack needs at least 2 classes, got only {list(self.classes_)}")
+            raise ValueError(f"a stack needs at least 2 classes, got 1 class: {list(self.classes_)}")
         if counts.min() < 2:
             rare = [str(c) for c, n in zip(self.classes_, counts) if n < 2]
             raise ValueError(f"class(es) {rare} have a single sample; every class needs at least 2")
         folds = StratifiedKFold(min(self.cv, int(counts.min())), shuffle=True, random_state=self.random_state)
         members = self._members()
-        out_of_fold = [cross_val_predict(clone(est), X, encoded, cv=folds, method="predict_proba") for _, est in members]
-        # side by side in a joblib context (defectkit.threads.parallel_folds), else one after another
-        self.estimators_ = Parallel()(delayed(clone(est).fit)(X, encoded) for _, est in members)
+        jobs = getattr(self, "n_jobs", None)  # bundles saved before n_jobs existed
+        out_of_fold = [cross_val_predict(clone(est), X, encoded, cv=folds, method="predict_proba", n_jobs=jobs) for _, est in members]
+        self.estimators_ = Parallel(n_jobs=jobs)(delayed(clone(est).fit)(X, encoded) for _, est in members)
         self.named_estimators_ = {name: est for (name, _), est in zip(members, self.estimators_)}
         final = default_final_estimator() if self.final_estimator is None else self.final_estimator
         self.final_estimator_ = clone(final).fit(self._stacked(out_of_fold, X), encoded)
@@ -95,4 +111,5 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
         return self.final_estimator_.predict_proba(self._stacked(probabilities, X))
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]

@@ -168,25 +168,6 @@ def print_table(results: dict[str, Result]) -> None:
           " ppi = proposals per image")
 
 
-class Union(Proposer):
-    """Every region of several proposers."""
-
-    def __init__(self, name: str, members: list[Proposer]):
-        super().__init__()
-        self.name, self.members = name, members
-
-    def config(self) -> dict:
-        return {"members": [m.describe() for m in self.members]}
-
-    def set_image(self, image, image_path=None) -> None:
-        super().set_image(image, image_path)
-        for member in self.members:
-            member.set_image(image, image_path)
-
-    def predict(self, prompts=None):
-        return [mask for member in self.members for mask in member.predict()]
-
-
 def learned_model(root: Path, parts: dict, seed: int, work: Path, retrain: bool) -> Path:
     """A proposer trained with the defaults on this seed's training part only (trained once, kept)."""
     from defectkit.jobs.train_proposer import train_proposer
@@ -208,7 +189,7 @@ def build(name: str, model: Path | None) -> Proposer:
     if name == "learned":
         return create_proposer("learned", model=model)
     if name == "learned+classical":
-        return Union(name, [create_proposer("learned", model=model), create_proposer("classical")])
+        return create_proposer("union", members=[create_proposer("learned", model=model), "classical"])
     return create_proposer(name)
 
 

@@ -76,12 +76,12 @@ class DefectClassifier:
              sam2_config: str | None = None, proposer_model: str | Path | None = None, proposer_options: dict | None = None,
              **options) -> "DefectClassifier":
         """Load a bundle (checked file by file) and build the proposer by name (or take one given).
-        ``auto``, ``learned`` and ``hybrid`` use the bundle's own learned proposer unless
+        ``auto``, ``learned``, ``hybrid`` and ``union`` use the bundle's own learned proposer unless
         ``proposer_model`` names another."""
         bundle = load_bundle(model_dir)
         bundle.embedder()  # load the backbone now, once, not on the first image
         if isinstance(proposer, str):
-            if proposer_model is None and proposer in ("auto", "learned", "hybrid") and bundle.proposer_path:
+            if proposer_model is None and proposer in ("auto", "learned", "hybrid", "union") and bundle.proposer_path:
                 proposer_model = bundle.proposer_path
             proposer = build_proposer(proposer, sam2_checkpoint=sam2_checkpoint, sam2_config=sam2_config, options=proposer_options,
                                       proposer_model=str(proposer_model) if proposer_model else None)

@@ -176,8 +176,11 @@ def test_voc_layout(tmp_path):
     (src / "Annotations" / "v2.xml").write_text("<annotation><filename>v2.jpg</filename></annotation>")
     (src / "Annotations" / "v3.xml").write_text("<annotation><filename>gone.jpg</filename></annotation>")
     (src / "Annotations" / "v4.xml").write_text("<annotation><filename>v1.jpg")
+    write(src / "JPEGImages" / "v5.jpg", textured(seed=6))
+    (src / "Annotations" / "v5.xml").write_text(f"<annotation><filename>v5</filename>{box.format('crack', 20, 20, 59, 39)}</annotation>")
     summary = run(src, tmp_path / "out", format="voc")
     records = read_manifest(tmp_path / "out")
+    assert any(r["image"].endswith("v5.jpg") and r["subtype"] == "crack" for r in records)  # <filename> without extension
     crack = next(r for r in records if r["subtype"] == "crack")
     assert crack["bbox"] == [10, 10, 40, 20] and crack["area"] == 800 and crack["edges"] == 4
     assert sum(r["subtype"] == "blowhole" for r in records) == 1
@@ -185,6 +188,26 @@ def test_voc_layout(tmp_path):
     reasons = {Path(p).name: why for p, why in summary.skipped}
     assert "'gone.jpg' is not found" in reasons["v3.xml"]
     assert "not a readable VOC xml" in reasons["v4.xml"]
+
+
+def test_yolo_layout(tmp_path):
+    src = tmp_path / "yolo"
+    write(src / "images" / "y1.jpg", textured())
+    write(src / "images" / "y2.jpg", textured(seed=5))
+    write(src / "images" / "y3.jpg", textured(seed=6))
+    (src / "labels").mkdir(parents=True)
+    (src / "data.yaml").write_text("names:\n  0: crack\n  1: MT_Blowhole\n")
+    (src / "labels" / "y1.txt").write_text("0 0.1875 0.1667 0.25 0.1667\n1 0.5625 0.5833 0.125 0.1667")  # no final newline
+    (src / "labels" / "y2.txt").write_text("")
+    (src / "labels" / "y3.txt").write_text("7 0.5 0.5 0.1 0.1\n")
+    summary = run(src, tmp_path / "out", format="yolo")
+    records = read_manifest(tmp_path / "out")
+    crack = next(r for r in records if r["subtype"] == "crack")
+    assert crack["bbox"] == [10, 10, 40, 20] and crack["area"] == 800
+    assert sum(r["subtype"] == "blowhole" for r in records) == 1
+    assert sum(r["image"].endswith("y2.jpg") and r["category"] == "background" for r in records) == 2
+    reasons = {Path(p).name: why for p, why in summary.skipped}
+    assert "class 7 is not in the data set's names" in reasons["y3.jpg"]
 
 
 def test_coco_layout_with_polygons_and_rle(tmp_path):

@@ -328,3 +328,16 @@ def test_sam2_refines_the_learned_regions(trained):
     refined = hybrid.propose(image)
     assert len(refined) == len(learned) >= 1
     assert hybrid.refined + hybrid.kept == len(learned)
+
+
+def test_union_gives_every_members_regions(trained):
+    from defectkit.propose import build_proposer, create_proposer
+
+    union = build_proposer("union", proposer_model=str(trained.bundle))
+    image, _ = painted(900, spots=2)
+    learned = create_proposer("learned", model=trained.bundle).propose(image)
+    classical = create_proposer("classical").propose(image)
+    together = union.propose(image)
+    assert len(together) == len(learned) + len(classical)
+    assert all((a == b).all() for a, b in zip(together, learned + classical))
+    assert [m["name"] for m in union.describe()["members"]] == ["learned", "classical"]

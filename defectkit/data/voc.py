@@ -1,5 +1,6 @@
-"""Pascal VOC: xml files anywhere under SRC; each ``<filename>`` is looked up anywhere under SRC and
-each ``<object>`` becomes one defect whose region is its box."""
+"""Pascal VOC: xml files anywhere under SRC; each ``<filename>`` is looked up anywhere under SRC (by
+its name, or by its stem when it has no extension, or else the image named like the xml) and each
+``<object>`` becomes one defect whose region is its box."""
 
 from __future__ import annotations
 
@@ -14,15 +15,19 @@ from defectkit.images import read_image
 
 def read_voc(src: Path) -> Iterator[Sample]:
     images_by_name: dict[str, list[Path]] = {}
+    images_by_stem: dict[str, list[Path]] = {}
     for path in find_images(src):
         images_by_name.setdefault(path.name, []).append(path)
+        images_by_stem.setdefault(path.stem, []).append(path)
     for xml_path in sorted(src.rglob("*.xml")):
         try:
             filename, objects = _parse(xml_path)
         except InputError as exc:
             yield Sample(xml_path, _raise(exc))
             continue
-        candidates = images_by_name.get(Path(filename).name, [])
+        # some data sets write <filename> without its extension: then the image of that name, or of the xml's
+        candidates = (images_by_name.get(Path(filename).name) or images_by_stem.get(Path(filename).name)
+                      or images_by_stem.get(xml_path.stem, []))
         if not candidates:
             yield Sample(xml_path, _raise(InputError(xml_path, f"its <filename> {filename!r} is not found under {src}")))
             continue

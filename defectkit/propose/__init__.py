@@ -2,7 +2,8 @@
 
 Built-ins: ``learned`` (a segmentation network trained on the user's labels), ``classical``
 (OpenCV), ``sam2`` (automatic, prompted or tiled SAM2), ``hybrid`` (another proposer's regions
-refined by SAM2 box and point prompts), ``given`` (annotation masks and boxes) and ``auto`` (the
+refined by SAM2 box and point prompts), ``given`` (annotation masks and boxes), ``union`` (every
+region of several proposers) and ``auto`` (the
 best of these that is available: see ``defectkit.propose.auto``). Other packages
 add theirs through the ``defectkit.proposers`` entry-point group (see ``defectkit.registry``).
 """
@@ -19,6 +20,7 @@ PROPOSERS.register("sam2", "defectkit.propose.sam2:SAM2Proposer")
 PROPOSERS.register("hybrid", "defectkit.propose.hybrid:HybridProposer")
 PROPOSERS.register("given", "defectkit.propose.given:GivenProposer")
 PROPOSERS.register("learned", "defectkit.propose.learned:LearnedProposer")
+PROPOSERS.register("union", "defectkit.propose.union:UnionProposer")
 PROPOSERS.register("auto", "defectkit.propose.auto:auto_proposer")
 
 
@@ -45,13 +47,18 @@ def build_proposer(
 ) -> Proposer:
     """A proposer from the command line's flags: each flag goes to the proposers that use it
     (``--sam2-*`` to sam2, hybrid and auto; ``--annotations`` to given; ``--proposer-model`` to
-    learned, to auto, and to hybrid as its source); ``options`` go as given."""
+    learned, to auto, to hybrid as its source and to union's learned member); ``options`` go as given."""
     kwargs = dict(options or {})
     if proposer_model:
-        if name not in ("learned", "auto", "hybrid"):
-            raise DefectkitError(f"--proposer-model is for the learned, auto and hybrid proposers, not {name!r}")
-        key = {"learned": "model", "auto": "learned"}.get(name)
-        kwargs.update({key: proposer_model} if key else {"source": "learned", "source_options": {"model": proposer_model}})
+        learned = {
+            "learned": {"model": proposer_model},
+            "auto": {"learned": proposer_model},
+            "hybrid": {"source": "learned", "source_options": {"model": proposer_model}},
+            "union": {"member_options": {"learned": {"model": proposer_model}}},
+        }
+        if name not in learned:
+            raise DefectkitError(f"--proposer-model is for the {', '.join(learned)} proposers, not {name!r}")
+        kwargs.update(learned[name])
     elif name == "learned":
         raise DefectkitError("the learned proposer needs a proposer bundle: --proposer-model DIR (from `defectkit train-proposer`), "
                              "or a --model that carries one")

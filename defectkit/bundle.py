@@ -117,7 +117,7 @@ def save_bundle(
             "(see defectkit.bundle.TRUSTED_TYPES)"
         )
     path = Path(path)
-    with staged_folder(path, MANIFEST, "defectkit model bundle") as staging:
+    with staged_folder(path, MANIFEST, FORMAT, "defectkit model bundle") as staging:
         (staging / MODEL_FILE).write_bytes(data)
         backbone = None
         if spec.embedding:

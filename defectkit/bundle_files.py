@@ -49,13 +49,21 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def _is_bundle(path: Path, manifest_file: str, format: str) -> bool:
+    try:
+        return json.loads((path / manifest_file).read_text()).get("format") == format
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 @contextlib.contextmanager
-def staged_folder(path: Path, manifest_file: str, what: str) -> Iterator[Path]:
+def staged_folder(path: Path, manifest_file: str, format: str, what: str) -> Iterator[Path]:
     """A fresh folder beside ``path`` to write a bundle into; when the block ends without an error
-    it takes ``path``'s place (an older bundle there is replaced only once the new one is whole)."""
+    it takes ``path``'s place. Only an empty folder or a bundle of the same ``format`` is ever
+    replaced, and only once the new one is whole."""
     path = Path(path)
-    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / manifest_file).is_file())):
-        raise DefectkitError(f"{path} exists and is not a {what}; choose another --out")
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not _is_bundle(path, manifest_file, format))):
+        raise DefectkitError(f"{path} exists and is not a {what}; choose another --out (nothing was overwritten)")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     old = path.with_name(f".{path.name}.old")

@@ -341,3 +341,23 @@ def test_union_gives_every_members_regions(trained):
     assert len(together) == len(learned) + len(classical)
     assert all((a == b).all() for a, b in zip(together, learned + classical))
     assert [m["name"] for m in union.describe()["members"]] == ["learned", "classical"]
+
+
+def test_an_unrelated_folder_is_never_replaced(tmp_path):
+    from defectkit.segmenter.bundle import save_proposer
+    from defectkit.segmenter.config import NetworkSpec
+    from defectkit.segmenter.inference import Postprocess
+    from defectkit.segmenter.network import build_network
+
+    app = tmp_path / "webapp"
+    app.mkdir()
+    (app / "proposer.json").write_text('{"name": "my web app"}')
+    (app / "index.html").write_text("<html></html>")
+    network = build_network(NetworkSpec())
+    with pytest.raises(DefectkitError, match="is not a proposer bundle.*nothing was overwritten"):
+        save_proposer(app, network, NetworkSpec(), Postprocess(), 512, 64)
+    assert sorted(p.name for p in app.iterdir()) == ["index.html", "proposer.json"]
+    first = save_proposer(tmp_path / "p", network, NetworkSpec(), Postprocess(), 512, 64)
+    again = save_proposer(first, network, NetworkSpec(), Postprocess(0.3), 512, 64)  # a bundle is replaced whole
+    assert json.loads((again / "proposer.json").read_text())["postprocess"]["threshold"] == 0.3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "webapp"]  # no staging or old copies left

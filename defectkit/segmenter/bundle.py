@@ -48,7 +48,7 @@ def save_proposer(path: str | Path, network: torch.nn.Module, spec: NetworkSpec,
     from safetensors.torch import save_file
 
     path = Path(path)
-    with staged_folder(path, MANIFEST, "proposer bundle") as staging:
+    with staged_folder(path, MANIFEST, FORMAT, "proposer bundle") as staging:
         state = {k: v.detach().cpu().float().clone().contiguous() if v.is_floating_point() else v.detach().cpu().clone().contiguous()
                  for k, v in network.state_dict().items()}
         save_file(state, str(staging / WEIGHTS))

@@ -20,7 +20,7 @@ from defectkit.segmenter.inference import Postprocess, autocast, probability_map
 from defectkit.segmenter.config import TrainProposerConfig
 from defectkit.segmenter.network import build_network, init_encoder
 from defectkit.segmenter.sampling import sample_batch
-from defectkit.segmenter.scoring import choose_postprocess, score
+from defectkit.segmenter.scoring import choose_postprocess
 from defectkit.tensorboard import tensorboard_writer
 
 @dataclass
@@ -109,8 +109,9 @@ def train_network(train: list[SegImage], val: list[SegImage], config: TrainPropo
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", best_f1=f"{max(best_f1, 0):.3f}")
             row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": schedule.get_last_lr()[0]}
             if epoch % config.eval_every == 0 or epoch == config.epochs:
-                post = Postprocess(0.5, 0.5, config.min_area)
-                result = score(truths_of(monitored), predict_maps(network, monitored, config, device), post)
+                # judged at its best post-processing, as it will be used: a fixed threshold would
+                # favour whichever epoch happens to be calibrated to it
+                _, result = choose_postprocess(truths_of(monitored), predict_maps(network, monitored, config, device), (config.min_area,))
                 row.update({f"val_{k}": v for k, v in result.to_dict().items() if isinstance(v, float)})
                 if result.f1 > best_f1:
                     best_f1, waited = result.f1, 0

@@ -12,7 +12,12 @@ from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from defectkit.errors import DefectkitError
+from defectkit.jobs.extract import ExtractOptions
+from defectkit.jobs.segment import SegmentOptions
 from defectkit.segmenter.config import TrainProposerConfig
+
+# Defaults come from the options each job takes: stated once, there.
+_EXTRACT, _SEGMENT = ExtractOptions(), SegmentOptions()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find and name surface defects on industrial images.")
 console = Console(stderr=True)
@@ -58,18 +63,18 @@ def _fail(exc: Exception) -> None:
 def extract(
     src: Path = typer.Argument(..., help="Labelled data set: a folder (or a COCO json file)."),
     out: Path = typer.Argument(..., help="Output folder for manifest.jsonl and crops/."),
-    format: str = typer.Option("masks", "--format", "-f", help="masks | voc | coco | yolo | crops"),
+    format: str = typer.Option(_EXTRACT.format, "--format", "-f", help="masks | voc | coco | yolo | crops"),
     taxonomy: Path = typer.Option(..., "--taxonomy", "-t", help="Taxonomy YAML (categories, subtypes, aliases)."),
-    mask_threshold: int = typer.Option(127, help="A mask pixel is set where its value is above this."),
-    min_area: int = typer.Option(10, help="Drop regions smaller than this many pixels."),
-    polygon_tolerance: float = typer.Option(1.0, help="Polygon simplification tolerance in pixels."),
-    crop_size: int = typer.Option(128, help="Side of the square crops in pixels."),
-    padding: float = typer.Option(0.25, help="Context around a region, as a share of its longer side."),
-    background_per_image: int = typer.Option(2, help="Background regions sampled per defect-free image."),
-    background_in_defect_images: int = typer.Option(0, help="Background regions sampled per defect image, away from its defects."),
+    mask_threshold: int = typer.Option(_EXTRACT.mask_threshold, help="A mask pixel is set where its value is above this."),
+    min_area: int = typer.Option(_EXTRACT.min_area, help="Drop regions smaller than this many pixels."),
+    polygon_tolerance: float = typer.Option(_EXTRACT.polygon_tolerance, help="Polygon simplification tolerance in pixels."),
+    crop_size: int = typer.Option(_EXTRACT.crop.size, help="Side of the square crops in pixels."),
+    padding: float = typer.Option(_EXTRACT.crop.padding, help="Context around a region, as a share of its longer side."),
+    background_per_image: int = typer.Option(_EXTRACT.background_per_image, help="Background regions sampled per defect-free image."),
+    background_in_defect_images: int = typer.Option(_EXTRACT.background_in_defect_images, help="Background regions sampled per defect image, away from its defects."),
     negatives_from: Optional[str] = typer.Option(None, help="Add this proposer's proposals that touch no defect as background crops (hard negatives), e.g. learned or classical."),
     proposer_model: Optional[str] = typer.Option(None, help="The proposer bundle of --negatives-from learned (from train-proposer)."),
-    seed: int = typer.Option(0, help="Seed for background sampling (same seed, same output)."),
+    seed: int = typer.Option(_EXTRACT.seed, help="Seed for background sampling (same seed, same output)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Turn a labelled data set into a crop data set (manifest.jsonl + crop and mask PNGs)."""
@@ -152,10 +157,10 @@ def segment(
     annotations: Optional[str] = typer.Option(None, help="given: annotation data set (default: the mask beside each image)."),
     annotation_format: str = typer.Option("masks", help="given: masks | voc | coco"),
     option: list[str] = typer.Option([], "--option", "-O", help="Proposer setting KEY=VALUE (repeatable), e.g. points_per_side=48."),
-    min_area: int = typer.Option(10, help="Drop regions smaller than this many pixels."),
-    polygon_tolerance: float = typer.Option(1.0, help="Polygon simplification tolerance in pixels."),
-    overlays: bool = typer.Option(True, help="Write an overlay PNG per image."),
-    resume: bool = typer.Option(False, help="Keep images whose results already exist in --out."),
+    min_area: int = typer.Option(_SEGMENT.min_area, help="Drop regions smaller than this many pixels."),
+    polygon_tolerance: float = typer.Option(_SEGMENT.polygon_tolerance, help="Polygon simplification tolerance in pixels."),
+    overlays: bool = typer.Option(_SEGMENT.overlays, help="Write an overlay PNG per image."),
+    resume: bool = typer.Option(_SEGMENT.resume, help="Keep images whose results already exist in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Propose defect masks and write their polygons: per-image JSON and overlay, coco.json, defects.csv."""

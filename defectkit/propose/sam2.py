@@ -13,12 +13,14 @@
 
 The model comes from a config name (the package's ``sam2.1_hiera_t|s|b+|l``, ``sam2_hiera_*``, or a
 YAML in ``configs/sam2/``) and a checkpoint (an explicit path, or the expected file name looked up in
-``checkpoints/``). Models are built once per process. CUDA (with bf16 autocast) when present, else CPU.
+``checkpoints/``), built by :mod:`defectkit.sam2_model` once per process. CUDA (with bf16 autocast)
+when present, else CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from defectkit.devices import pick_device
 from defectkit.errors import DefectkitError
 from defectkit.propose.base import Proposer, Prompts
 from defectkit.propose.masks import dedupe, merge_tiles, tight, tile_boxes
+from defectkit.sam2_model import load_model as build_sam2_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Package config -> checkpoint file name, as published by Meta (sam2.build_sam.HF_MODEL_ID_TO_FILENAMES).
@@ -60,7 +63,6 @@ DEFAULTS = {
     "multimask_output": False,  # for prompts: one mask each, or the best of three
     "prompts_per_batch": None,  # prompts per decoder call; 0: all at once; None: 4 on CPU, 0 on CUDA
 }
-_MODELS: dict[tuple, object] = {}
 
 
 def checkpoint_dirs() -> list[Path]:
@@ -127,46 +129,10 @@ def missing_checkpoint_error(stem: str, checkpoint: str | Path | None) -> Defect
     )
 
 
+@functools.lru_cache(maxsize=4)
 def load_model(stem: str, model_yaml: Path | None, checkpoint: Path | None, device: str):
-    """Build (once per process) the SAM2 model for a config and checkpoint on ``device``."""
-    key = (stem, str(model_yaml), str(checkpoint), device)
-    if key in _MODELS:
-        return _MODELS[key]
-    from sam2.build_sam import build_sam2
-
-    try:
-        if model_yaml is None:
-            model = build_sam2(PACKAGE_CONFIGS[stem][0], ckpt_path=None if checkpoint is None else str(checkpoint), device=device)
-        else:
-            model = _build_from_yaml(model_yaml, checkpoint, device)
-    except (RuntimeError, KeyError, OSError, ValueError) as exc:
-        if checkpoint is None:
-            raise
-        raise DefectkitError(
-            f"{checkpoint}: cannot load as a SAM2 checkpoint for {stem} ({type(exc).__name__}: {exc or 'its keys do not match the model'}); "
-            f"check that the checkpoint and --sam2-config are the same model size"
-        ) from exc
-    _MODELS[key] = model
-    return model
-
-
-def _build_from_yaml(path: Path, checkpoint: Path | None, device: str):
-    """A complete SAM2 model YAML outside the package, built as ``sam2.build_sam.build_sam2`` does."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-    from sam2.build_sam import _load_checkpoint
-
-    cfg = OmegaConf.load(path)
-    for key, value in (
-        ("model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability", True),
-        ("model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta", 0.05),
-        ("model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh", 0.98),
-    ):
-        OmegaConf.update(cfg, key, value, force_add=True)
-    OmegaConf.resolve(cfg)
-    model = instantiate(cfg.model, _recursive_=True)
-    _load_checkpoint(model, None if checkpoint is None else str(checkpoint))
-    return model.to(device).eval()
+    """The SAM2 model for a config and checkpoint on ``device``, built once per process."""
+    return build_sam2_model(str(model_yaml) if model_yaml is not None else stem, checkpoint, device)
 
 
 class SAM2Proposer(Proposer):

@@ -14,14 +14,12 @@ ignored by ``build_sam2``.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
 
 from defectkit.errors import DefectkitError
-from defectkit.images import atomic_write_bytes
-from defectkit.state_dicts import mismatch
+from defectkit.state_dicts import mismatch, write_state
 
 DEFAULT_CONFIG = "sam2.1_hiera_t"
 METADATA_KEY = "defectkit"
@@ -133,7 +131,5 @@ def load_model(config: str, checkpoint: str | Path | None, device: str | torch.d
 def save_checkpoint(model, path: str | Path, metadata: dict | None = None) -> Path:
     """Write ``{"model": state_dict, "defectkit": metadata}`` atomically; ``build_sam2`` loads it."""
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    buffer = io.BytesIO()
-    torch.save({"model": state, METADATA_KEY: dict(metadata or {})}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_state(path, {"model": state, METADATA_KEY: dict(metadata or {})})
     return Path(path)

@@ -18,3 +18,17 @@ def mismatch(state: dict, expected: dict) -> str:
         parts.append(f"{len(reshaped)} of another shape (e.g. {k}: {tuple(state[k].shape)} in the file, "
                      f"{tuple(expected[k].shape)} in the model)")
     return "; ".join(parts)
+
+
+def write_state(path, state: dict) -> None:
+    """Save a training state (tensors and plain values) so that a kill leaves the old file or the
+    new one, never half of one; read it back with ``torch.load(path, weights_only=True)``."""
+    import io
+
+    import torch
+
+    from defectkit.images import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())

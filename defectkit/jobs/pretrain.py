@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from defectkit.data.manifest import read_manifest
 from defectkit.embed import DEFAULT_BACKBONE, Embedder
-from defectkit.tensorboard import tensorboard_writer
 from defectkit.errors import DefectkitError
 from defectkit.images import atomic_write_text, read_image, read_mask
+from defectkit.state_dicts import write_state
+from defectkit.tensorboard import tensorboard_writer
 
 METHODS = ("simclr", "supcon")
 
@@ -135,15 +136,7 @@ def pretrain(
     out = Path(out)
     if out.suffix != ".safetensors":
         raise DefectkitError(f"--out must end in .safetensors, got {out}")
-    records = read_manifest(dataset)
-    if len(records) < config.batch_size:
-        raise DefectkitError(f"{dataset}: {len(records)} crops, fewer than one batch of {config.batch_size}")
-    subtypes = sorted({r["subtype"] for r in records})
-    labels = np.array([subtypes.index(r["subtype"]) for r in records])
-    if config.method == "supcon" and len(subtypes) < 2:
-        raise DefectkitError(f"{dataset}: SupCon needs at least two subtypes, found {subtypes}")
-    crops = [read_image(r["crop_path"]) for r in records]
-    masks = [read_mask(r["mask_path"]) if r.get("mask_path") else np.ones(c.shape[:2], bool) for r, c in zip(records, crops)]
+    records, crops, masks, labels = _read_crops(dataset, config)
 
     _seed_everything(config.seed)
     weights = {"random": "random", "hub": "hub"}.get(config.init, config.init)
@@ -160,49 +153,23 @@ def pretrain(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     state_path = out.with_suffix(".state.pt")
-    start_epoch, history = 0, []
-    if state_path.is_file():
-        state = torch.load(state_path, map_location=embedder.device, weights_only=True)
-        if state.get("config") != json.dumps(asdict(config), sort_keys=True):
-            raise DefectkitError(f"{state_path}: a resume state for other settings; delete it to start afresh")
-        model.load_state_dict(state["model"])
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = int(state["epoch"]), [float(x) for x in state["history"]]
+    parts = {"model": model, "head": head, "optimizer": optimizer, "scheduler": scheduler}
+    start_epoch, history = _resume(state_path, config, parts, embedder.device)
     writer = tensorboard_writer(logdir)
     started = time.perf_counter()
     model.train()
     for epoch in range(start_epoch, config.epochs):
         _seed_everything(config.seed * 100_003 + epoch)
         loader = _loader(dataset_views, config, labels)  # afresh: MPerClassSampler keeps shuffled state between epochs
-        total, batches = 0.0, 0
         bar = tqdm(loader, desc=f"pretrain {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
-        for first, second, batch_labels in bar:
-            views = torch.cat([first, second]).to(embedder.device)
-            projections = nn.functional.normalize(head(model(views)), dim=1)
-            if config.method == "simclr":
-                pair = torch.arange(len(first))
-                targets = torch.cat([pair, pair])
-            else:
-                targets = torch.cat([batch_labels, batch_labels])
-            loss = criterion(projections, targets.to(embedder.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total, batches = total + loss.item(), batches + 1
-            bar.set_postfix(loss=f"{total / batches:.4f}")
-        history.append(total / max(batches, 1))
+        history.append(_epoch(bar, model, head, criterion, optimizer, scheduler, config.method, embedder.device))
         if writer is not None:
             writer.add_scalar("loss", history[-1], epoch)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}  loss {history[-1]:.4f}")
-        torch.save({"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                    "config": json.dumps(asdict(config), sort_keys=True)}, state_path)
+        write_state(state_path, {**{name: part.state_dict() for name, part in parts.items()}, "epoch": epoch + 1,
+                                 "history": history, "config": json.dumps(asdict(config), sort_keys=True)})
     model.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out))
     summary = {
         "backbone": config.backbone,
@@ -222,6 +189,57 @@ def pretrain(
     if writer is not None:
         writer.close()
     return summary
+
+
+def _read_crops(dataset, config: PretrainConfig) -> tuple[list[dict], list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """The crop records, crops, region masks and subtype numbers of a crop data set."""
+    records = read_manifest(dataset)
+    if len(records) < config.batch_size:
+        raise DefectkitError(f"{dataset}: {len(records)} crops, fewer than one batch of {config.batch_size}")
+    subtypes = sorted({r["subtype"] for r in records})
+    labels = np.array([subtypes.index(r["subtype"]) for r in records])
+    if config.method == "supcon" and len(subtypes) < 2:
+        raise DefectkitError(f"{dataset}: SupCon needs at least two subtypes, found {subtypes}")
+    crops = [read_image(r["crop_path"]) for r in records]
+    masks = [read_mask(r["mask_path"]) if r.get("mask_path") else np.ones(c.shape[:2], bool) for r, c in zip(records, crops)]
+    return records, crops, masks, labels
+
+
+def _resume(state_path: Path, config: PretrainConfig, parts: dict, device) -> tuple[int, list[float]]:
+    """(first epoch to run, loss history so far): from a state an interrupted run left, or afresh."""
+    if not state_path.is_file():
+        return 0, []
+    try:
+        state = torch.load(state_path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged file
+        raise DefectkitError(f"{state_path}: cannot read the resume state ({type(exc).__name__}); delete it to start afresh") from exc
+    if state.get("config") != json.dumps(asdict(config), sort_keys=True):
+        raise DefectkitError(f"{state_path}: a resume state for other settings; delete it to start afresh")
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    return int(state["epoch"]), [float(x) for x in state["history"]]
+
+
+def _epoch(batches, model, head, criterion, optimizer, scheduler, method: str, device) -> float:
+    """One pass over the batches of two views; the mean loss."""
+    total, count = 0.0, 0
+    for first, second, batch_labels in batches:
+        views = torch.cat([first, second]).to(device)
+        projections = nn.functional.normalize(head(model(views)), dim=1)
+        if method == "simclr":
+            pair = torch.arange(len(first))
+            targets = torch.cat([pair, pair])
+        else:
+            targets = torch.cat([batch_labels, batch_labels])
+        loss = criterion(projections, targets.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total, count = total + loss.item(), count + 1
+        if hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
 
 
 def _seed_everything(seed: int) -> None:

@@ -4,7 +4,6 @@ post-processing chosen on that part. Seeded and resumable (a state file beside t
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from defectkit.segmenter.config import TrainProposerConfig
 from defectkit.segmenter.network import build_network, init_encoder
 from defectkit.segmenter.sampling import sample_batch
 from defectkit.segmenter.scoring import choose_postprocess
+from defectkit.state_dicts import write_state
 from defectkit.tensorboard import tensorboard_writer
 
 @dataclass
@@ -152,10 +152,7 @@ def _write_state(path: Path, config, network, optimizer, schedule, rng, epoch, b
         "waited": waited,
         "best": best_state,
     }
-    temporary = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    write_state(path, state)
 
 
 def _read_state(path: Path, config: TrainProposerConfig) -> dict:

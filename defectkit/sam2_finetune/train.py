@@ -17,7 +17,6 @@ Resuming: after every epoch the checkpoint (stock layout) and, beside it, ``<nam
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,12 +31,13 @@ from tqdm.auto import tqdm
 
 from defectkit.devices import pick_device
 from defectkit.errors import DefectkitError
-from defectkit.images import atomic_write_bytes
 from defectkit.jsonable import to_jsonable
-from defectkit.tensorboard import tensorboard_writer
 from defectkit.sam2_finetune.data import DataOptions, LabelledImage, Prompt, Split, load_split, sample_prompt, training_subset
+from defectkit.sam2_finetune.evaluate import evaluate
 from defectkit.sam2_finetune.losses import LossWeights, sam2_loss
 from defectkit.sam2_finetune.model import Features, decode, encode, load_model, resolve_config, save_checkpoint, to_model_frame, transforms_for
+from defectkit.state_dicts import write_state
+from defectkit.tensorboard import tensorboard_writer
 
 # Parameters of the mask decoder that belong to the image-embedding path (run by forward_image).
 EMBEDDING_PATH = ("sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.")
@@ -368,8 +368,6 @@ def finetune_sam2(
     on: their loss is reported every epoch, and afterwards the base and the fine-tuned model are
     evaluated on them side by side (unless ``evaluate_after`` is False).
     """
-    from defectkit.sam2_finetune.evaluate import evaluate
-
     started = time.perf_counter()
     options = options or FinetuneOptions()
     data = data or DataOptions(seed=options.seed)
@@ -382,18 +380,14 @@ def finetune_sam2(
     split = load_split(src, data)
     train = training_subset(split.train, fraction, data.seed)
     state_file = state_path(out)
-    start_epoch, history = 0, []
-    if resume:
-        state = _read_state(state_file, out)
+    state = _read_state(state_file, out) if resume else None
+    if state is not None:
         _check_resumable(state, state_file, config_name, image_size, options, train)
-        model = load_model(config, out, device, image_size or state["image_size"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
-    else:
-        model = load_model(config, checkpoint, device, image_size)
-    if log_dir is None:
-        log_dir = out.with_name(f"{out.stem}-tensorboard")
+    model = load_model(config, out, device, image_size or state["image_size"]) if state else load_model(config, checkpoint, device, image_size)
+    start_epoch, history = (int(state["epoch"]), list(state["history"])) if state else (0, [])
+    log_dir = out.with_name(f"{out.stem}-tensorboard") if log_dir is None else log_dir
     trainer = Trainer(model, options, progress=progress, log_dir=log_dir)
-    if resume:
+    if state is not None:
         trainer.optimizer.load_state_dict(state["optimizer"])
 
     def metadata(epoch: int, history: list[dict]) -> dict:
@@ -417,9 +411,7 @@ def finetune_sam2(
     def on_epoch_end(epoch: int, history: list[dict]) -> None:
         meta = metadata(epoch, history)
         save_checkpoint(model, out, meta)
-        buffer = io.BytesIO()
-        torch.save({**meta, "optimizer": trainer.optimizer.state_dict()}, buffer)
-        atomic_write_bytes(state_file, buffer.getvalue())
+        write_state(state_file, {**meta, "optimizer": trainer.optimizer.state_dict()})
 
     if start_epoch < options.epochs:
         history = trainer.fit(train, split.heldout, start_epoch=start_epoch, history=history, on_epoch_end=on_epoch_end)

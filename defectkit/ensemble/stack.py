@@ -5,6 +5,12 @@ defect crops asked for: base learners are class-balanced, the meta-learner is no
 class frequencies, which keeps background false alarms down); the meta-learner sees the base
 probabilities (or their logarithms) and optionally the leading ``passthrough`` columns of X (the
 geometry block, see :mod:`defectkit.features`).
+
+Why not ``sklearn.ensemble.StackingClassifier`` itself: its ``passthrough`` hands the meta-learner
+all of X or none (here: the geometry block only, not hundreds of embedding columns), its folds do not
+shrink when a class has fewer samples than folds (defect classes of 2-4 crops are common), and it has
+no log-probability stacking. What it does validate, this does too: it passes scikit-learn's estimator
+checks (``tests/test_ensemble.py``).
 """
 
 from __future__ import annotations

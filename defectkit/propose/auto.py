@@ -58,9 +58,18 @@ def auto_proposer(
     if found is None and checkpoint:
         raise missing_checkpoint_error(stem, checkpoint)
     source = LearnedProposer(learned, device=device) if learned else ClassicalProposer()
-    source_reason = f"learned proposer {learned}" if learned else "no learned proposer (train one with `defectkit train-proposer`)"
+    source_reason = f"learned proposer {learned}{_quality(source)}" if learned else "no learned proposer (train one with `defectkit train-proposer`)"
     if found is None:
         where = " or ".join(str(d) for d in checkpoint_dirs())
         return AutoProposer(source, f"{source_reason}; no SAM2 checkpoint ({expected_checkpoint(stem)} not in {where})")
     hybrid = HybridProposer(source=source, sam2_config=sam2_config, checkpoint=found, device=device, **options)
     return AutoProposer(hybrid, f"{source_reason}, refined by SAM2 checkpoint {found}")
+
+
+def _quality(learned) -> str:
+    """What the learned proposer scored on its held-out images when it was trained."""
+    held_out = learned.bundle.manifest.get("metrics", {}).get("validation") or {}
+    if "region_recall" not in held_out:
+        return ""
+    return (f" (held out when trained: region recall {held_out['region_recall']:.2f}, "
+            f"{held_out.get('false_per_clean_image') or 0:.2f} false regions per clean image)")

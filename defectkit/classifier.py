@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 from sklearn.pipeline import Pipeline
 
 from defectkit.ensemble import Hierarchy, StackedEnsemble, default_estimators
@@ -80,11 +82,20 @@ def split_head(model: Pipeline, X):
     return model[-1], (model[:-1].transform(X) if len(model) > 1 else X)
 
 
-def decide(model: Pipeline, X):
-    """(category, subtype, confidence, category probabilities, subtype probabilities) for rows of X."""
+class Decision(NamedTuple):
+    """The classifier's answer for rows of X; a flat stack has no category level (None)."""
+
+    category: np.ndarray | None
+    subtype: np.ndarray
+    confidence: np.ndarray
+    category_proba: np.ndarray | None  # columns: the hierarchy's categories_
+    subtype_proba: np.ndarray  # columns: classes_
+
+
+def decide(model: Pipeline, X) -> Decision:
     head, Xt = split_head(model, X)
     if isinstance(head, Hierarchy):
-        return head.decide_with_proba(Xt)
+        return Decision(*head.decide_with_proba(Xt))
     proba = head.predict_proba(Xt)
     best = proba.argmax(axis=1)
-    return None, head.classes_[best], proba.max(axis=1), None, proba
+    return Decision(None, head.classes_[best], proba.max(axis=1), None, proba)

@@ -178,17 +178,17 @@ class DefectClassifier:
         return Result(regions.path, (image.shape[1], image.shape[0]), kept, self.proposer.describe(), self.model_info, len(defects))
 
     def _decide(self, X: np.ndarray, defects: list[Defect]) -> None:
-        category, subtype, confidence, category_proba, subtype_proba = decide(self.bundle.model, X)
+        decision = decide(self.bundle.model, X)
         head = self.bundle.model[-1]
         categories = [str(c) for c in getattr(head, "categories_", [])]
         subtypes = [str(c) for c in head.classes_]
         for i, d in enumerate(defects):
-            d.subtype = str(subtype[i])
-            d.category = str(category[i]) if category is not None else self.bundle.taxonomy.category_of(d.subtype)
-            d.confidence = float(confidence[i])
-            d.scores = {"subtype": {s: round(float(p), 4) for s, p in zip(subtypes, subtype_proba[i])}}
-            if category_proba is not None:
-                d.scores["category"] = {c: round(float(p), 4) for c, p in zip(categories, category_proba[i])}
+            d.subtype = str(decision.subtype[i])
+            d.category = str(decision.category[i]) if decision.category is not None else self.bundle.taxonomy.category_of(d.subtype)
+            d.confidence = float(decision.confidence[i])
+            d.scores = {"subtype": {s: round(float(p), 4) for s, p in zip(subtypes, decision.subtype_proba[i])}}
+            if decision.category_proba is not None:
+                d.scores["category"] = {c: round(float(p), 4) for c, p in zip(categories, decision.category_proba[i])}
             if self.min_confidence is not None and d.confidence < self.min_confidence:
                 d.category = d.subtype = UNCERTAIN
 

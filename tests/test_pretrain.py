@@ -40,16 +40,18 @@ def test_an_interrupted_run_resumes_to_the_same_weights(crops, tmp_path, monkeyp
     config = PretrainConfig(method="supcon", **TINY)
     pretrain(crops, tmp_path / "whole.safetensors", config, progress=False)
     out = tmp_path / "resumed.safetensors"
-    real_save = torch.save
+    import defectkit.jobs.pretrain as job
 
-    def save_then_stop(obj, path):
-        real_save(obj, path)
+    real_write = job.write_state
+
+    def save_then_stop(path, state):
+        real_write(path, state)
         raise KeyboardInterrupt  # the machine goes down right after epoch 1 was saved
 
-    monkeypatch.setattr(torch, "save", save_then_stop)
+    monkeypatch.setattr(job, "write_state", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         pretrain(crops, out, config, progress=False)
-    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(job, "write_state", real_write)
     assert out.with_suffix(".state.pt").is_file() and not out.exists()
     summary = pretrain(crops, out, config, progress=False)
     assert len(summary["loss_history"]) == 2

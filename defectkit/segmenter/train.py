@@ -14,14 +14,15 @@ from tqdm.auto import tqdm
 
 from defectkit.devices import pick_device
 from defectkit.errors import DefectkitError
+from defectkit.segmenter.config import TrainProposerConfig
 from defectkit.segmenter.data import SegImage
 from defectkit.segmenter.inference import Postprocess, autocast, probability_map
-from defectkit.segmenter.config import TrainProposerConfig
 from defectkit.segmenter.network import build_network, init_encoder
 from defectkit.segmenter.sampling import sample_batch
-from defectkit.segmenter.scoring import choose_postprocess
+from defectkit.segmenter.scoring import MIN_AREAS, choose_postprocess
 from defectkit.state_dicts import write_state
 from defectkit.tensorboard import tensorboard_writer
+
 
 @dataclass
 class TrainedProposer:
@@ -86,28 +87,13 @@ def train_network(train: list[SegImage], val: list[SegImage], config: TrainPropo
         best_state = saved["best"]
     writer = tensorboard_writer(log_dir, warn=False)
     bar = tqdm(total=total, initial=start * config.steps_per_epoch, desc="train-proposer", unit="step", disable=not progress)
-    epoch = start
+    epochs_run = start
     try:
         for epoch in range(start + 1, config.epochs + 1):
             if waited >= config.patience:
-                epoch -= 1
                 break
-            network.train()
-            losses = []
-            for _ in range(config.steps_per_epoch):
-                inputs, targets = sample_batch(train, config.image_size, config.batch_size, config.defect_share, rng)
-                inputs, targets = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
-                with autocast(device):
-                    logits = network(inputs)
-                loss = criterion(logits.float(), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
-                bar.update()
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", best_f1=f"{max(best_f1, 0):.3f}")
-            row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": schedule.get_last_lr()[0]}
+            loss = _train_epoch(network, train, config, rng, device, criterion, optimizer, schedule, bar, best_f1)
+            row = {"epoch": epoch, "loss": loss, "lr": schedule.get_last_lr()[0]}
             if epoch % config.eval_every == 0 or epoch == config.epochs:
                 # judged at its best post-processing, as it will be used: a fixed threshold would
                 # favour whichever epoch happens to be calibrated to it
@@ -119,6 +105,7 @@ def train_network(train: list[SegImage], val: list[SegImage], config: TrainPropo
                 else:
                     waited += 1
             history.append(row)
+            epochs_run = epoch
             if writer is not None:
                 for key, value in row.items():
                     if key != "epoch" and isinstance(value, float):
@@ -133,9 +120,30 @@ def train_network(train: list[SegImage], val: list[SegImage], config: TrainPropo
         network.load_state_dict(best_state)
     final = validation_images(val, limit_clean=False)
     post, result = choose_postprocess(truths_of(final), predict_maps(network, final, config, device),
-                                      min_areas=tuple(sorted({config.min_area, 25, 50, 100})))
+                                      min_areas=tuple(sorted({config.min_area, *MIN_AREAS})))
     network.cpu().eval()
-    return TrainedProposer(network, post, {"validation": result.to_dict(), "best_monitored_f1": round(best_f1, 4)}, history, epoch)
+    return TrainedProposer(network, post, {"validation": result.to_dict(), "best_monitored_f1": round(best_f1, 4)}, history, epochs_run)
+
+
+def _train_epoch(network, train: list[SegImage], config: TrainProposerConfig, rng, device, criterion, optimizer, schedule, bar,
+                 best_f1: float) -> float:
+    """``steps_per_epoch`` steps on freshly sampled crops; the mean loss."""
+    network.train()
+    losses = []
+    for _ in range(config.steps_per_epoch):
+        inputs, targets = sample_batch(train, config.image_size, config.batch_size, config.defect_share, rng)
+        inputs, targets = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
+        with autocast(device):
+            logits = network(inputs)
+        loss = criterion(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.update()
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", best_f1=f"{max(best_f1, 0):.3f}")
+    return float(np.mean(losses))
 
 
 def _write_state(path: Path, config, network, optimizer, schedule, rng, epoch, best_f1, history, waited, best_state) -> None:

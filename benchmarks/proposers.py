@@ -19,6 +19,7 @@ With several ``--seed``s, the mean over seeds is printed last.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,8 +181,11 @@ def learned_model(root: Path, parts: dict, seed: int, work: Path, retrain: bool)
         train_paths = [p for cls in CLASSES for p in parts[cls]["train"]]
         start = time.perf_counter()
         result = train_proposer(root, "masks", taxonomy, out, TrainProposerConfig(seed=seed), progress=False, only=train_paths)
+        checks = [f"{row['epoch']}: {row['val_region_f1']:.2f}" for row in json.loads((out / "proposer.json").read_text())["training"]["history"]
+                  if "val_region_f1" in row]
         print(f"learned (seed {seed}): trained on {result.data['images']} training-part images in "
-              f"{time.perf_counter() - start:.0f} s, {result.epochs} epochs; validation {result.metrics['validation']}")
+              f"{time.perf_counter() - start:.0f} s, {result.epochs} epochs; validation {result.metrics['validation']}; "
+              f"held-out region F1 by epoch: {', '.join(checks)}")
     return out
 
 

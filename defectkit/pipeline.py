@@ -116,7 +116,9 @@ class DefectClassifier:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         if workers not in (0, 1):
             raise ValueError(f"workers must be 0 or 1 (a proposer holds one image at a time), got {workers}")
-        prepared = ahead(lambda path: self._read_regions(Path(path), timings), images, depth=2 * chunk_size, workers=workers)
+        if isinstance(images, (str, Path)):  # one path, not the characters of one
+            images = [images]
+        prepared = ahead(lambda path: self._read_regions(path, timings), images, depth=2 * chunk_size, workers=workers)
         for chunk in chunked(prepared, chunk_size):
             good = [i for i, (_, regions) in enumerate(chunk) if not isinstance(regions, Exception)]
             try:
@@ -138,8 +140,12 @@ class DefectClassifier:
                 result = Result(str(path), (0, 0), [], self.proposer.describe(), self.model_info, error=f"{type(result).__name__}: {result}")
             yield result
 
-    def _read_regions(self, path: Path, timings: Timings | None) -> tuple[Path, "_Regions | Exception"]:
+    def _read_regions(self, item, timings: Timings | None) -> tuple[Path, "_Regions | Exception"]:
+        path = item
         try:
+            if not isinstance(item, (str, Path)):
+                raise TypeError(f"expected an image path, got {type(item).__name__}")
+            path = Path(item)
             with stage(timings, "read"):
                 image = read_image(path)
             return path, self._regions(image, str(path), timings)

@@ -236,3 +236,14 @@ def test_classify_with_sam2_end_to_end(model):
     classifier.classify_defects(image, again)
     for d, twin in zip(result.defects, again):
         assert (twin.subtype, twin.category) == (d.subtype, d.category)
+
+
+def test_classify_batch_takes_one_path_and_reports_items_that_are_no_path(model):
+    bundle, test = model
+    classifier = DefectClassifier.load(bundle, create_proposer("given"))
+    path = sorted((test / "MT_Crack").glob("*.jpg"))[0]
+    alone = list(classifier.classify_batch(str(path)))  # a bare string is one path
+    assert len(alone) == 1 and alone[0].error is None and alone[0].defects
+    results = list(classifier.classify_batch([path, None, np.zeros((4, 4, 3), np.uint8), path]))
+    assert [r.error is None for r in results] == [True, False, False, True]
+    assert "expected an image path, got NoneType" in results[1].error and "ndarray" in results[2].error

@@ -27,6 +27,7 @@ import numpy as np
 from defectkit.bundle_files import library_versions, read_json_manifest, sha256_file, staged_folder, verify_files, write_manifest
 from defectkit.errors import DefectkitError
 from defectkit.features import FeatureSpec, build_features
+from defectkit.state_dicts import cpu_state
 from defectkit.taxonomy import Taxonomy
 
 FORMAT = "defectkit-bundle"
@@ -123,8 +124,7 @@ def save_bundle(
         if spec.embedding:
             if embedder is None:
                 raise DefectkitError("the feature spec uses embeddings: save_bundle needs the embedder")
-            state = {k: v.detach().cpu().clone().contiguous() for k, v in embedder.model.state_dict().items()}
-            save_file(state, str(staging / BACKBONE_FILE))
+            save_file(cpu_state(embedder.model), str(staging / BACKBONE_FILE))
             backbone = {
                 "name": embedder.backbone,
                 "weights_sha256": embedder.weights_sha256,

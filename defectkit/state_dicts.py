@@ -20,6 +20,11 @@ def mismatch(state: dict, expected: dict) -> str:
     return "; ".join(parts)
 
 
+def cpu_state(module) -> dict:
+    """A module's weights as plain, contiguous CPU tensors of their own (what safetensors writes)."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+
+
 def write_state(path, state: dict) -> None:
     """Save a training state (tensors and plain values) so that a kill leaves the old file or the
     new one, never half of one; read it back with ``torch.load(path, weights_only=True)``."""

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from defectkit.errors import DefectkitError
-from defectkit.state_dicts import mismatch
+from defectkit.state_dicts import cpu_state, mismatch
 
 DEFAULT_BACKBONE = "mobilenetv3_small_100"
 # The project's own contrastively pretrained backbone; used whenever this file exists.
@@ -145,5 +145,4 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 
 def weights_bytes(model: torch.nn.Module) -> bytes:
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    return safetensors_bytes(state)
+    return safetensors_bytes(cpu_state(model))

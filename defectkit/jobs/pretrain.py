@@ -26,7 +26,7 @@ from defectkit.data.manifest import read_manifest
 from defectkit.embed import DEFAULT_BACKBONE, Embedder
 from defectkit.errors import DefectkitError
 from defectkit.images import atomic_write_text, read_image, read_mask
-from defectkit.state_dicts import write_state
+from defectkit.state_dicts import cpu_state, write_state
 from defectkit.tensorboard import tensorboard_writer
 
 METHODS = ("simclr", "supcon")
@@ -170,7 +170,7 @@ def pretrain(
         write_state(state_path, {**{name: part.state_dict() for name, part in parts.items()}, "epoch": epoch + 1,
                                  "history": history, "config": json.dumps(asdict(config), sort_keys=True)})
     model.eval()
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out))
+    save_file(cpu_state(model), str(out))
     summary = {
         "backbone": config.backbone,
         "image_size": config.image_size,

@@ -11,7 +11,7 @@ import numpy as np
 
 from defectkit.devices import pick_device
 from defectkit.propose.base import Proposer, Prompts
-from defectkit.segmenter.bundle import load_proposer
+from defectkit.segmenter.bundle import WEIGHTS, load_proposer
 from defectkit.segmenter.inference import Postprocess, probability_map, regions_from_probability
 
 
@@ -34,7 +34,7 @@ class LearnedProposer(Proposer):
     def config(self) -> dict:
         return {
             "model": str(self.bundle.path),
-            "weights_sha256": self.bundle.manifest["files"]["network.safetensors"],
+            "weights_sha256": self.bundle.manifest["files"][WEIGHTS],
             "network": self.bundle.spec.to_dict(),
             "postprocess": self.post.to_dict(),
         }

@@ -23,7 +23,7 @@ from defectkit.bundle_files import library_versions, read_json_manifest, staged_
 from defectkit.errors import DefectkitError
 from defectkit.segmenter.inference import Postprocess
 from defectkit.segmenter.network import NetworkSpec, build_network
-from defectkit.state_dicts import mismatch
+from defectkit.state_dicts import cpu_state, mismatch
 
 FORMAT = "defectkit-proposer"
 FORMAT_VERSION = 1
@@ -49,9 +49,7 @@ def save_proposer(path: str | Path, network: torch.nn.Module, spec: NetworkSpec,
 
     path = Path(path)
     with staged_folder(path, MANIFEST, FORMAT, "proposer bundle") as staging:
-        state = {k: v.detach().cpu().float().clone().contiguous() if v.is_floating_point() else v.detach().cpu().clone().contiguous()
-                 for k, v in network.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS))
+        save_file(cpu_state(network), str(staging / WEIGHTS))
         write_manifest(staging, MANIFEST, {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

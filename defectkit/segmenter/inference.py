@@ -17,6 +17,7 @@ import torch
 from scipy import ndimage
 
 from defectkit.geometry import Region
+from defectkit.propose.masks import tile_boxes
 from defectkit.segmenter.network import STRIDE
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255  # timm's ImageNet statistics
@@ -66,8 +67,7 @@ def probability_map(network: torch.nn.Module, image: np.ndarray, tile: int = 512
         return _forward(network, [_pad_to_stride(planes)], device)[0][:height, :width]
     out = np.zeros((height, width), dtype=np.float32)
     margin = overlap // 2
-    for y0, x0 in _tile_origins(height, width, tile, overlap):
-        y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
+    for x0, y0, x1, y1 in tile_boxes(height, width, tile, overlap / tile):
         probability = _forward(network, [_pad_to_stride(planes[:, y0:y1, x0:x1])], device)[0]
         top = y0 + (margin if y0 > 0 else 0)
         left = x0 + (margin if x0 > 0 else 0)
@@ -75,17 +75,6 @@ def probability_map(network: torch.nn.Module, image: np.ndarray, tile: int = 512
         right = x1 - (margin if x1 < width else 0)
         out[top:bottom, left:right] = probability[top - y0 : bottom - y0, left - x0 : right - x0]
     return out
-
-
-def _tile_origins(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    def starts(size: int) -> list[int]:
-        if size <= tile:
-            return [0]
-        step = tile - overlap
-        positions = list(range(0, size - tile, step)) + [size - tile]
-        return sorted(set(positions))
-
-    return [(y, x) for y in starts(height) for x in starts(width)]
 
 
 def _forward(network: torch.nn.Module, batch: list[np.ndarray], device: torch.device) -> np.ndarray:

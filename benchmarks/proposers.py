@@ -169,18 +169,26 @@ def print_table(results: dict[str, Result]) -> None:
           " ppi = proposals per image")
 
 
-def learned_model(root: Path, parts: dict, seed: int, work: Path, retrain: bool) -> Path:
-    """A proposer trained with the defaults on this seed's training part only (trained once, kept)."""
+def learned_model(root: Path, parts: dict, seed: int, work: Path, retrain: bool, changes: dict) -> Path:
+    """A proposer trained on this seed's training part only, with the defaults but for ``changes``
+    (trained once, kept in a folder named by the changes)."""
+    from dataclasses import replace
+
     from defectkit.jobs.train_proposer import train_proposer
+    from defectkit.segmenter.config import NetworkSpec
     from defectkit.segmenter.train import TrainProposerConfig
     from defectkit.taxonomy import Taxonomy
 
-    out = work / f"learned-seed{seed}"
+    tag = "".join(f"-{k}{v}" for k, v in sorted(changes.items()))
+    out = work / f"learned{tag}-seed{seed}"
+    network = {k: v for k, v in changes.items() if k in NetworkSpec.__dataclass_fields__}
+    config = replace(TrainProposerConfig(seed=seed), **{k: v for k, v in changes.items() if k not in network},
+                     network=NetworkSpec(**network))
     if retrain or not (out / "proposer.json").is_file():
         taxonomy = Taxonomy.load(Path(__file__).resolve().parents[1] / "configs" / "taxonomy" / "magnetic-tile.yaml")
         train_paths = [p for cls in CLASSES for p in parts[cls]["train"]]
         start = time.perf_counter()
-        result = train_proposer(root, "masks", taxonomy, out, TrainProposerConfig(seed=seed), progress=False, only=train_paths)
+        result = train_proposer(root, "masks", taxonomy, out, config, progress=False, only=train_paths)
         checks = [f"{row['epoch']}: {row['val_region_f1']:.2f}" for row in json.loads((out / "proposer.json").read_text())["training"]["history"]
                   if "val_region_f1" in row]
         print(f"learned (seed {seed}): trained on {result.data['images']} training-part images in "
@@ -204,6 +212,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, action="append", help="split seed (repeatable; default 0)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/defectkit-bench/proposers"), help="where learned proposers are trained and kept")
     parser.add_argument("--retrain", action="store_true", help="train the learned proposers again")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a learned proposer setting other than the default (repeatable), e.g. input_scale=0.5, architecture=unet, epochs=40")
     parser.add_argument("--part", choices=("train", "test"), default="test")
     parser.add_argument("--free", type=int, default=0, help="use only this many defect-free images of the part (0: all)")
     args = parser.parse_args()
@@ -211,12 +221,13 @@ def main() -> None:
 
     torch.set_num_threads(2)
     names = args.proposer or ["classical", "given"]
+    changes = dict(parse_setting(s) for s in args.set)
     per_seed = []
     for seed in args.seed or [0]:
         parts = split(args.data, seed)
         chosen = {cls: parts[cls][args.part] for cls in CLASSES}
         chosen["Free"] = chosen["Free"][: args.free or None]
-        model = learned_model(args.data, parts, seed, args.work, args.retrain) if any(n.startswith("learned") for n in names) else None
+        model = learned_model(args.data, parts, seed, args.work, args.retrain, changes) if any(n.startswith("learned") for n in names) else None
         start = time.perf_counter()
         items = load(chosen)
         print(f"magnetic-tile {args.part} part (seed {seed}): {len(items)} images loaded in "
@@ -232,6 +243,16 @@ def main() -> None:
         per_seed.append(results)
     if len(per_seed) > 1:
         print_mean(per_seed, names)
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
 
 
 def print_mean(per_seed: list[dict], names: list[str]) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from defectkit.bundle_files import library_versions, read_json_manifest, sha256_file, staged_folder, verify_files, write_manifest
+from defectkit.bundle_files import check_local_model_name, library_versions, read_json_manifest, sha256_file, staged_folder, verify_files, write_manifest
 from defectkit.errors import DefectkitError
 from defectkit.features import FeatureSpec, build_features
 from defectkit.state_dicts import cpu_state
@@ -187,22 +187,46 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     manifest = read_manifest(path)
     verify_files(path, manifest, MANIFEST, MODEL_FILE, folders=(PROPOSER_FOLDER,) if manifest.get("proposer") else ())
+    taxonomy, spec = _check_fields(path, manifest)
     _check_proposer(path, manifest)
     _warn_versions(path, manifest.get("versions", {}))
-    model_file = path / manifest["model"]["file"]
+    model_file = path / MODEL_FILE
     try:
         model = sio.load(model_file, trusted=TRUSTED_TYPES)
     except UntrustedTypesFoundException as exc:
         raise DefectkitError(f"{model_file}: refused, it contains types a bundle may not load ({exc})") from exc
     except Exception as exc:  # a zip or schema error: the file is not a model we wrote
         raise DefectkitError(f"{model_file}: not a readable skops model ({type(exc).__name__}: {exc})") from exc
-    taxonomy = Taxonomy(
-        name=manifest["taxonomy"]["name"],
-        categories=manifest["taxonomy"]["categories"],
-        aliases=manifest["taxonomy"].get("aliases", {}),
-        source=str(path / MANIFEST),
-    )
-    return Bundle(path, manifest, model, taxonomy, FeatureSpec.from_dict(manifest["features"]))
+    classes = [str(c) for c in getattr(model, "classes_", [])]
+    unknown = sorted(set(classes) - set(taxonomy.subtypes))
+    if unknown:
+        raise DefectkitError(f"{model_file}: predicts {', '.join(unknown)}, which the bundle's taxonomy does not list; "
+                             "the bundle is inconsistent (retrain it)")
+    return Bundle(path, manifest, model, taxonomy, spec)
+
+
+def _check_fields(path: Path, manifest: dict) -> tuple[Taxonomy, FeatureSpec]:
+    """The manifest's fields that decide what is loaded: only the bundle's own files, only a
+    backbone timm builds without the network, a taxonomy and feature spec that parse."""
+    file = path / MANIFEST
+    try:
+        if manifest["model"]["file"] != MODEL_FILE:
+            raise DefectkitError(f"{file}: model.file is {manifest['model']['file']!r}; a bundle loads only its own {MODEL_FILE}")
+        backbone = manifest["backbone"]
+        if backbone is not None:
+            if backbone["file"] != BACKBONE_FILE:
+                raise DefectkitError(f"{file}: backbone.file is {backbone['file']!r}; a bundle loads only its own {BACKBONE_FILE}")
+            check_local_model_name(backbone["name"], file)
+        taxonomy = Taxonomy(
+            name=manifest["taxonomy"]["name"],
+            categories=manifest["taxonomy"]["categories"],
+            aliases=manifest["taxonomy"].get("aliases") or {},
+            source=str(file),
+        )
+        spec = FeatureSpec.from_dict(manifest["features"])
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise DefectkitError(f"{file}: incomplete or malformed manifest ({type(exc).__name__}: {exc}); restore the bundle or retrain it") from exc
+    return taxonomy, spec
 
 
 def _warn_versions(path: Path, saved: dict) -> None:

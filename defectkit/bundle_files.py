@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from defectkit.errors import DefectkitError
+from defectkit.images import plain_mode
 from defectkit.jsonable import to_jsonable
 
 ALLOWED_EXTRA = {"README.md"}  # a human note may sit beside the files; it is never read
@@ -66,6 +67,7 @@ def staged_folder(path: Path, manifest_file: str, format: str, what: str) -> Ite
         raise DefectkitError(f"{path} exists and is not a {what}; choose another --out (nothing was overwritten)")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    plain_mode(staging, folder=True)
     old = path.with_name(f".{path.name}.old")
     try:
         yield staging
@@ -78,11 +80,29 @@ def staged_folder(path: Path, manifest_file: str, format: str, what: str) -> Ite
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_local_model_name(name: object, source: Path) -> None:
+    """A bundle may name only a model timm builds from its own registry: a hub name (``hf-hub:``)
+    would reach the network on load, and the weights come from the bundle anyway."""
+    import timm
+
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise DefectkitError(f"{source}: {name!r} is not a model timm knows locally; a bundle loads only its own "
+                             "weights into a registered architecture and never fetches anything")
+
+
+def digest_file(manifest_file: str) -> str:
+    """The file beside a manifest that holds the manifest's own sha256 (its settings decide the
+    results, so a change to any of them must be refused like a change to a weight file)."""
+    return f"{Path(manifest_file).stem}.sha256"
+
+
 def write_manifest(folder: Path, manifest_file: str, manifest: dict) -> None:
-    """``manifest`` with the sha256 of every file already in ``folder`` under ``files``."""
+    """``manifest`` with the sha256 of every file already in ``folder`` under ``files``, and its
+    own sha256 beside it."""
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     manifest = {**manifest, "files": {name: sha256_file(folder / name) for name in files}}
     (folder / manifest_file).write_text(json.dumps(to_jsonable(manifest), indent=2) + "\n")
+    (folder / digest_file(manifest_file)).write_text(sha256_file(folder / manifest_file) + "\n")
 
 
 def verify_files(path: Path, manifest: dict, manifest_file: str, required: str, folders: tuple[str, ...] = ()) -> None:
@@ -92,7 +112,7 @@ def verify_files(path: Path, manifest: dict, manifest_file: str, required: str, 
     if not isinstance(listed, dict) or required not in listed:
         raise DefectkitError(f"{path / manifest_file}: lists no files; the bundle is damaged")
     present = {p.name for p in path.iterdir() if p.is_file() or p.is_dir()}
-    extra = sorted(present - set(listed) - {manifest_file} - ALLOWED_EXTRA - set(folders))
+    extra = sorted(present - set(listed) - {manifest_file, digest_file(manifest_file)} - ALLOWED_EXTRA - set(folders))
     if extra:
         raise DefectkitError(
             f"{path}: file(s) not in the bundle's manifest: {', '.join(extra)}. A bundle holds only what "
@@ -115,6 +135,15 @@ def read_json_manifest(path: Path, manifest_file: str, format: str, version: int
     file = path / manifest_file
     if not file.is_file():
         raise DefectkitError(f"no {what} at {path} (expected {manifest_file}, as written by `{writer}`)")
+    digest = path / digest_file(manifest_file)
+    try:
+        expected = digest.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        raise DefectkitError(f"{path}: {digest.name} is missing or unreadable, so {manifest_file} cannot be checked; "
+                             f"the {what} is incomplete (re-save it with `{writer}`)") from None
+    if sha256_file(file) != expected:
+        raise DefectkitError(f"{file}: sha256 does not match {digest.name}: the manifest was modified. "
+                             f"Restore the {what} or retrain it.")
     try:
         manifest = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

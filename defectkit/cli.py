@@ -350,6 +350,7 @@ def train_proposer(
     epochs: int = typer.Option(_PROPOSER_DEFAULTS.epochs, help=f"Epochs of {_PROPOSER_DEFAULTS.steps_per_epoch} steps (stops early when validation stops improving)."),
     image_size: int = typer.Option(_PROPOSER_DEFAULTS.image_size, help="Side of the training crops in pixels (a multiple of 32)."),
     batch_size: int = typer.Option(_PROPOSER_DEFAULTS.batch_size, help="Crops per step."),
+    input_scale: float = typer.Option(_PROPOSER_DEFAULTS.input_scale, help="Resize every image by this factor before the network (0.5: half the side; more context per crop, 4x less work)."),
     architecture: str = typer.Option(_PROPOSER_DEFAULTS.network.architecture, help="fpn | unet | deeplabv3plus (segmentation-models-pytorch)."),
     encoder: str = typer.Option(_PROPOSER_DEFAULTS.network.encoder, help="Any timm model name."),
     loss: str = typer.Option(_PROPOSER_DEFAULTS.loss, help="dice+bce | dice+focal | tversky"),
@@ -376,6 +377,7 @@ def train_proposer(
     try:
         network = NetworkSpec(architecture=architecture, encoder=encoder)
         config = replace(_PROPOSER_DEFAULTS, network=network, epochs=epochs, image_size=image_size, batch_size=batch_size, loss=loss,
+                         input_scale=input_scale,
                          box_fill=box_fill, backbone_weights=backbone_weights, val_fraction=val_fraction, seed=seed)
         result = run(src, format, Taxonomy.load(taxonomy), out, config, device=_device(device), progress=not quiet, log_dir=log_dir)
     except (DefectkitError, ValueError) as exc:

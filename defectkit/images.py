@@ -16,6 +16,17 @@ import numpy as np
 from defectkit.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # read once: tempfile creates files 0600 and folders 0700 whatever the umask says
+
+
+def plain_mode(fd_or_path: int | str | Path, folder: bool = False) -> None:
+    """The mode a plain ``open`` or ``mkdir`` would have given (rw for whom the umask allows)."""
+    mode = (0o777 if folder else 0o666) & ~UMASK
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
 
 
 def decode_file(path: Path) -> np.ndarray:
@@ -103,8 +114,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        plain_mode(fd)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # the rename below must not land before the data does
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -112,4 +126,5 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; a file name that was not UTF-8 on disk (a surrogate escape) goes back to its own bytes."""
+    atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))

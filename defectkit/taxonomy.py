@@ -8,8 +8,17 @@ from pathlib import Path
 import yaml
 
 from defectkit.errors import TaxonomyError
+from defectkit.yaml_files import load_yaml
 
 BACKGROUND = "background"
+UNSAFE_NAME_CHARACTERS = set('/\\:*?"<>|') | {chr(c) for c in range(32)}
+
+
+def check_name(name: str, source: str, kind: str) -> None:
+    """Category and subtype names become folder and file names: no separators, no ``..``."""
+    if not name.strip() or name in (".", "..") or UNSAFE_NAME_CHARACTERS & set(name):
+        raise TaxonomyError(f"{source}: {kind} name {name!r} cannot be a file name (empty, '.', '..', a path "
+                            "separator or another of / \\ : * ? \" < > | or a control character); rename it")
 
 
 @dataclass(frozen=True)
@@ -21,6 +30,13 @@ class Taxonomy:
 
     def __post_init__(self):
         categories = {str(c): [str(s) for s in subs] for c, subs in self.categories.items()}
+        for category, subtypes in categories.items():
+            check_name(category, self.source, "category")
+            for subtype in subtypes:
+                check_name(subtype, self.source, "subtype")
+                if subtype == BACKGROUND and category != BACKGROUND:
+                    raise TaxonomyError(f"{self.source}: 'background' is listed under category {category!r}; it is its "
+                                        "own category (proposals that are not defects), leave it out")
         if BACKGROUND in categories and categories[BACKGROUND] != [BACKGROUND]:
             raise TaxonomyError(
                 f"{self.source}: category 'background' must have the single subtype 'background', "
@@ -53,7 +69,11 @@ class Taxonomy:
         if not path.is_file():
             raise TaxonomyError(f"taxonomy file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise TaxonomyError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+        except OSError as exc:
+            raise TaxonomyError(f"{path}: cannot read ({exc.strerror or exc})") from exc
         except yaml.YAMLError as exc:
             raise TaxonomyError(f"{path}: not valid YAML ({exc})") from exc
         if not isinstance(data, dict) or not isinstance(data.get("categories"), dict):
@@ -61,6 +81,9 @@ class Taxonomy:
         for category, subtypes in data["categories"].items():
             if not isinstance(subtypes, list):
                 raise TaxonomyError(f"{path}: category {category!r} must list its subtypes")
+        if not isinstance(data.get("aliases") or {}, dict):
+            raise TaxonomyError(f"{path}: 'aliases' must map raw labels to subtypes (label: subtype), "
+                                f"not a {type(data['aliases']).__name__}")
         return cls(
             name=str(data.get("name", path.stem)),
             categories=data["categories"],

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from defectkit.bundle import FORMAT_VERSION, MODEL_FILE, load_bundle, save_bundle
+from defectkit.bundle_files import sha256_file
 from defectkit.classifier import ClassifierConfig, decide
 from defectkit.errors import DefectkitError
 from defectkit.labelled import load_labelled
@@ -27,6 +28,12 @@ def trained(tmp_path_factory):
     with pytest.warns(UserWarning, match="RANDOM"):
         result = train(crops, Taxonomy.load(TAXONOMY), root / "model", CONFIG, cv=0, progress=False)
     return crops, result.bundle, result.model
+
+
+def forge(bundle, manifest: dict) -> None:
+    """Rewrite a bundle's manifest as a tamperer who knows the format would: its digest too."""
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (bundle / "manifest.sha256").write_text(sha256_file(bundle / "manifest.json"))
 
 
 @pytest.fixture
@@ -77,11 +84,39 @@ def test_tampered_or_truncated_files_are_refused(bundle_copy):
 def test_newer_format_version_says_so(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["format_version"] = FORMAT_VERSION + 1
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    forge(bundle_copy, manifest)
     with pytest.raises(DefectkitError, match="newer defectkit.*Upgrade"):
         load_bundle(bundle_copy)
     with pytest.raises(DefectkitError, match="no model bundle"):
         load_bundle(bundle_copy / "nowhere")
+
+
+def test_a_manifest_changed_by_one_byte_is_refused(bundle_copy):
+    manifest = bundle_copy / "manifest.json"
+    text = manifest.read_text()
+    assert '"padding": 0.' in text
+    manifest.write_text(text.replace('"padding": 0.', '"padding": 1.', 1))
+    with pytest.raises(DefectkitError, match="manifest was modified"):
+        load_bundle(bundle_copy)
+    (bundle_copy / "manifest.sha256").unlink()
+    with pytest.raises(DefectkitError, match="manifest.sha256 is missing"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda m: m["model"].update(file="/etc/passwd"), "loads only its own model.skops"),
+    (lambda m: m["backbone"].update(file="../backbone.safetensors"), "loads only its own backbone.safetensors"),
+    (lambda m: m["backbone"].update(name="hf-hub:someone/model"), "not a model timm knows locally"),
+    (lambda m: m.update(model=None), "malformed manifest"),
+    (lambda m: m["taxonomy"].update(aliases=["x"]), "malformed manifest"),
+    (lambda m: m.update(taxonomy={"name": "t", "categories": {"surface": ["blowhole", "uneven"]}}), "taxonomy does not list"),
+])
+def test_a_forged_manifest_loads_nothing_from_outside_and_nothing_inconsistent(bundle_copy, change, expected):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    change(manifest)
+    forge(bundle_copy, manifest)
+    with pytest.raises(DefectkitError, match=expected):
+        load_bundle(bundle_copy).embedder()
 
 
 class _Payload:
@@ -107,13 +142,13 @@ def test_a_pickle_placed_in_a_bundle_is_never_executed(bundle_copy, tmp_path):
     (bundle_copy / MODEL_FILE).write_bytes(evil)
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["files"][MODEL_FILE] = hashlib.sha256(evil).hexdigest()
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    forge(bundle_copy, manifest)
     with pytest.raises(DefectkitError, match="not a readable skops model"):
         load_bundle(bundle_copy)
     # 3. pointed to by a forged manifest as the backbone weights: read as safetensors only
     (bundle_copy / "backbone.safetensors").write_bytes(evil)
     manifest["files"]["backbone.safetensors"] = hashlib.sha256(evil).hexdigest()
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    forge(bundle_copy, manifest)
     with pytest.raises(DefectkitError):
         load_bundle(bundle_copy)
     assert not (tmp_path / "sentinel").exists()
@@ -138,7 +173,7 @@ def test_untrusted_types_are_neither_saved_nor_loaded(trained, bundle_copy):
     (bundle_copy / MODEL_FILE).write_bytes(data)
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["files"][MODEL_FILE] = hashlib.sha256(data).hexdigest()
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    forge(bundle_copy, manifest)
     with pytest.raises(DefectkitError, match="refused.*Custom"):
         load_bundle(bundle_copy)
 

@@ -2,6 +2,8 @@
 
 import copy
 import json
+import subprocess
+import sys
 import time
 import types
 
@@ -208,6 +210,42 @@ def test_cli_classify_writes_results_and_goes_on_after_a_bad_image(model, tmp_pa
     (images / "corrupt.jpg").unlink()
     again = CliRunner().invoke(app, [*args, "--resume"])
     assert again.exit_code == 0 and "4 kept from before" in again.output
+
+
+def test_classify_killed_at_random_points_20_times_ends_as_one_uninterrupted_run(model, tmp_path):
+    """kill -9 at random moments (after a random number of files written, plus a random delay),
+    then --resume: every JSON, overlay, CSV row and COCO entry equals those of a run never killed."""
+    bundle, test = model
+    images = tmp_path / "images"
+    for copy in range(8):
+        for path in sorted(test.rglob("*.jpg")):
+            write(images / f"{copy}_{path.name}", cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
+    args = ["--model", str(bundle), "--proposer", "classical", "--coco", "-q", "--resume"]
+    command = lambda out: [sys.executable, "-m", "defectkit", "classify", str(images), "--out", str(out), *args]  # noqa: E731
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    subprocess.run(command(whole), check=True, capture_output=True)
+    written = lambda: len(list(out.glob("*"))) if out.is_dir() else 0  # noqa: E731
+    rng = np.random.default_rng(0)
+    kills = 0
+    while kills < 20:
+        process = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        goal = written() + int(rng.integers(1, 4))
+        while process.poll() is None and written() < goal:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.03))
+        if process.poll() is not None:
+            break  # the run ended before its kill: nothing left to interrupt
+        process.kill()
+        process.wait()
+        kills += 1
+    assert kills == 20, f"the runs ended after {kills} kills: give them more images"
+    subprocess.run(command(out), check=True, capture_output=True)
+
+    def files(folder):
+        return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != ".defectkit.lock"}
+
+    assert files(out).keys() == files(whole).keys()
+    assert files(out) == files(whole)
 
 
 def test_missing_model_is_a_clear_error(tmp_path):

@@ -235,6 +235,42 @@ def test_coco_layout_with_polygons_and_rle(tmp_path):
     assert pore["area"] == int(rle_mask.sum())
 
 
+BAD_SEGMENTATIONS = {
+    "huge": [[10, 10, 1e9, 10, 60, 20]],  # crashed pycocotools (exit 139)
+    "odd": [[1, 2, 3]],
+    "empty": [[]],
+    "no size": {"counts": [0, 10]},
+    "negative": {"size": [120, 160], "counts": [-5, 19205]},
+    "other size": {"size": [60, 80], "counts": [0, 4800]},
+}
+
+
+def test_coco_bad_annotations_and_paths_outside_skip_their_image_only(tmp_path):
+    src = tmp_path / "coco"
+    write(tmp_path / "secret.png", textured(seed=9))  # beside the data set, never to be read
+    good = {"id": 1, "file_name": "good.png", "width": 160, "height": 120}
+    images, annotations = [good], [{"id": 1, "image_id": 1, "category_id": 1,
+                                    "segmentation": [[10, 10, 60, 10, 60, 20, 10, 20]], "bbox": [10, 10, 50, 10]}]
+    write(src / "good.png", textured())
+    for n, (name, segmentation) in enumerate(BAD_SEGMENTATIONS.items(), start=2):
+        write(src / f"{name}.png", textured(seed=n))
+        images.append({"id": n, "file_name": f"{name}.png", "width": 160, "height": 120})
+        annotations.append({"id": n, "image_id": n, "category_id": 1, "segmentation": segmentation, "bbox": [10, 10, 5, 5]})
+    for n, file_name in ((20, "../secret.png"), (21, str(tmp_path / "secret.png"))):
+        images.append({"id": n, "file_name": file_name, "width": 160, "height": 120})
+        annotations.append({"id": n, "image_id": n, "category_id": 1, "segmentation": [[10, 10, 60, 10, 60, 20]], "bbox": [10, 10, 50, 10]})
+    (src / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                    "categories": [{"id": 1, "name": "crack"}]}))
+    summary = run(src, tmp_path / "out", format="coco")
+    assert [r["image"] for r in read_manifest(tmp_path / "out")] == [str(src / "good.png")]
+    reasons = dict(summary.skipped)
+    assert len(reasons) == len(BAD_SEGMENTATIONS) + 2, reasons
+    assert all("annotation" in reasons[str(src / f"{name}.png")] for name in BAD_SEGMENTATIONS)
+    assert "far outside" in reasons[str(src / "huge.png")] and "RLE size" in reasons[str(src / "no size.png")]
+    assert "is not the image's" in reasons[str(src / "other size.png")] and "non-negative" in reasons[str(src / "negative.png")]
+    assert sum("outside the data set" in reason for reason in reasons.values()) == 2
+
+
 def test_crops_layout_uses_alpha_or_mask_file(tmp_path):
     src = tmp_path / "crops"
     rgba = np.dstack([textured(40, 60)[:, :, 0]] * 3 + [np.zeros((40, 60), np.uint8)])

@@ -90,10 +90,3 @@ def test_given_proposer_writes_the_ground_truth_regions(tmp_path):
 def test_bad_proposer_settings_are_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["segment", str(SAMPLE), "-o", str(tmp_path), "-p", "classical", "-O", "dark_window"])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
-
-
-def test_outputs_never_overwrite_the_inputs(tmp_path):
-    write(tmp_path / "part.png", pored(1))
-    result = CliRunner().invoke(app, ["segment", str(tmp_path), "-o", str(tmp_path), "-p", "classical", "-q"])
-    assert result.exit_code == 2 and "overwritten" in result.output
-    assert read_image(tmp_path / "part.png").shape == (120, 160, 3)

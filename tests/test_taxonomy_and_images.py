@@ -81,3 +81,32 @@ def test_mask_threshold_ignores_compression_noise(tmp_path):
     path = write(tmp_path / "m.png", mask)
     assert read_mask(path).sum() == 9
     assert read_mask(path, threshold=50).sum() == 10
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: t\ncategories:\n  surface: [pit]\n" + BOMB, "aliases"),  # a billion laughs: refused before it expands
+    ("name: t\ncategories:\n  surface: [pit]\n  surface: [scratch]\n", "duplicate key 'surface'"),
+    ("name: t\ncategories:\n  surface: [pit, background]\n", "'background' is listed under category 'surface'"),
+    ("name: t\ncategories:\n  surface: [pit, ../../x]\n", "cannot be a file name"),
+    ("name: t\ncategories:\n  ../up: [pit]\n", "cannot be a file name"),
+    ("name: t\ncategories:\n  surface: [pit]\naliases: [pit]\n", "'aliases' must map"),
+])
+def test_hostile_or_mistaken_taxonomies_are_refused_naming_the_file(tmp_path, text, expected):
+    path = tmp_path / "taxonomy.yaml"
+    path.write_text(text)
+    with pytest.raises(TaxonomyError, match=expected) as caught:
+        Taxonomy.load(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_taxonomy_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: t\ncategories:\n  surface: [défaut]\n".encode("latin-1"))
+    with pytest.raises(TaxonomyError, match="not UTF-8") as caught:
+        Taxonomy.load(path)
+    assert str(path) in str(caught.value)

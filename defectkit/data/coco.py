@@ -39,8 +39,12 @@ def read_coco(src: Path) -> Iterator[Sample]:
     for ann in annotations:
         by_image.setdefault(ann.get("image_id"), []).append(ann)
     for info in sorted(images, key=lambda i: str(i.get("file_name"))):
-        image_path = _locate(json_path.parent, str(info.get("file_name", "")))
+        file_name = str(info.get("file_name", ""))
         anns = by_image.get(info.get("id"), [])
+        if Path(file_name).is_absolute() or ".." in Path(file_name).parts:
+            yield Sample(json_path.parent / file_name, _refused(json_path, file_name), defect_free=not anns)
+            continue
+        image_path = _locate(json_path.parent, file_name)
         yield Sample(image_path, _loader(image_path, json_path, info, anns, categories), defect_free=not anns)
 
 
@@ -49,6 +53,14 @@ def _locate(root: Path, file_name: str) -> Path:
         if candidate.is_file():
             return candidate
     return root / file_name
+
+
+def _refused(json_path: Path, file_name: str):
+    def load():
+        raise InputError(json_path, f"file_name {file_name!r} points outside the data set (absolute or '..'); "
+                                    f"image paths must be relative to {json_path.parent}")
+
+    return load
 
 
 def _loader(image_path: Path, json_path: Path, info: dict, anns: list[dict], categories: dict):
@@ -76,9 +88,42 @@ def _is_box_only(ann: dict) -> bool:
     return not segmentation and isinstance(ann.get("bbox"), (list, tuple)) and len(ann["bbox"]) == 4
 
 
+def _check(ann: dict, height: int, width: int) -> None:
+    """Raise ValueError for what pycocotools would choke on (a coordinate of 1e9 crashes it) or
+    silently get wrong (an RLE of another size)."""
+    limit = 2 * (height + width)
+    segmentation = ann.get("segmentation")
+
+    def coordinates(values, what):
+        if not isinstance(values, (list, tuple)) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"{what} must be a list of numbers")
+        if not all(np.isfinite(v) and -limit <= v <= limit for v in values):
+            raise ValueError(f"{what} has a coordinate far outside the {width}x{height} image")
+
+    if isinstance(segmentation, list) and segmentation:
+        for polygon in segmentation:
+            coordinates(polygon, "a polygon")
+            if len(polygon) < 6 or len(polygon) % 2:
+                raise ValueError(f"a polygon needs an even number of coordinates, at least 6; it has {len(polygon)}")
+    elif isinstance(segmentation, dict):
+        if [int(v) for v in segmentation.get("size") or []] != [height, width]:
+            raise ValueError(f"its RLE size {segmentation.get('size')} is not the image's [{height}, {width}]")
+        counts = segmentation.get("counts")
+        if isinstance(counts, list):
+            if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width:
+                raise ValueError("its RLE counts must be non-negative integers that sum to the image's pixel count")
+        elif not isinstance(counts, str):
+            raise ValueError("its RLE has no counts")
+    elif "bbox" in ann:
+        coordinates(ann["bbox"], "its bbox")
+        if len(ann["bbox"]) != 4 or ann["bbox"][2] < 0 or ann["bbox"][3] < 0:
+            raise ValueError("its bbox must be [x, y, width, height]")
+
+
 def _decode(ann: dict, height: int, width: int, json_path: Path) -> np.ndarray:
     segmentation = ann.get("segmentation")
     try:
+        _check(ann, height, width)
         if isinstance(segmentation, list) and segmentation:
             rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
         elif isinstance(segmentation, dict):
@@ -90,6 +135,9 @@ def _decode(ann: dict, height: int, width: int, json_path: Path) -> np.ndarray:
             rle = mask_utils.frPyObjects([[x, y, x + w, y, x + w, y + h, x, y + h]], height, width)[0]
         else:
             raise ValueError("no segmentation and no bbox")
-        return mask_utils.decode(rle).astype(bool)
+        mask = mask_utils.decode(rle).astype(bool)
+        if mask.shape != (height, width):
+            raise ValueError(f"it decodes to {mask.shape[1]}x{mask.shape[0]}, the image is {width}x{height}")
+        return mask
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise InputError(json_path, f"annotation {ann.get('id')}: cannot decode its segmentation ({exc})") from exc

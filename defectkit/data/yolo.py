@@ -13,6 +13,7 @@ import yaml
 from defectkit.data import Annotation, Sample, find_images
 from defectkit.errors import DefectkitError, InputError
 from defectkit.images import read_image
+from defectkit.yaml_files import load_yaml
 
 
 def read_yolo(src: Path) -> Iterator[Sample]:
@@ -27,7 +28,7 @@ def _read_yaml(src: Path) -> tuple[dict[int, str], str, str]:
     if not found:
         raise DefectkitError(f"{src}: no data.yaml with the class names; a YOLO data set needs one (names: [a, b, ...])")
     try:
-        data = yaml.safe_load(found[0].read_text()) or {}
+        data = load_yaml(found[0].read_text()) or {}
         names = data["names"]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise DefectkitError(f"{found[0]}: no readable class 'names' ({exc})") from exc

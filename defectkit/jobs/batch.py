@@ -6,12 +6,16 @@ Shared by ``segment`` and ``classify``; they differ only in the per-image functi
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -23,6 +27,9 @@ from defectkit.images import IMAGE_SUFFIXES, atomic_write_text, read_image
 from defectkit.timing import Timings, stage
 
 ERRORS = "errors.jsonl"
+LOCK = ".defectkit.lock"
+# the disk, not the image: no later image can be written either, so the run stops
+FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 LIST_SUFFIXES = (".txt", ".lst")
 
 
@@ -49,18 +56,63 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     return paths
 
 
-def output_names(paths: list[Path]) -> dict[Path, str]:
-    """Each image's output name: its stem, or, where stems collide, its path with separators
-    turned into ``__`` (the same inputs always give the same names)."""
-    counts = Counter(p.stem for p in paths)
-    names = {}
-    for p in paths:
-        if counts[p.stem] == 1:
-            names[p] = p.stem
-        else:
-            parts = p.with_suffix("").parts
-            names[p] = "__".join(part for part in parts if part not in ("/", "..", ".")).replace(":", "")
+def output_names(paths: list[Path], reserved: Collection[str] = ()) -> dict[Path, str]:
+    """Each image's output name: its stem; where that is shared (or ``reserved`` for a file of the
+    run, such as ``coco``), its path with separators turned into ``__``; where that is still shared
+    (``a.jpg`` and ``a.png``), the same with the suffix; last, a short hash of the path. The same
+    inputs always give the same names, and no two inputs share one."""
+    spellings = (
+        lambda p: p.stem,
+        lambda p: _joined(p.with_suffix("")),
+        lambda p: _joined(p),
+        lambda p: f"{_joined(p)}__{hashlib.sha256(os.fsencode(str(p))).hexdigest()[:8]}",
+    )
+    names: dict[Path, str] = {}
+    pending = list(paths)
+    for spell in spellings:
+        counts, taken = Counter(spell(p) for p in pending), {*names.values(), *reserved}
+        names.update({p: spell(p) for p in pending if counts[spell(p)] == 1 and spell(p) not in taken})
+        pending = [p for p in pending if p not in names]
     return names
+
+
+def _joined(path: Path) -> str:
+    return "__".join(part for part in path.parts if part not in ("/", "..", ".")).replace(":", "")
+
+
+def check_out_apart(inputs: list[str | Path], paths: list[Path], out: Path) -> None:
+    """Refuse an output folder that is, or is inside, an input folder, or that holds input images:
+    its results would overwrite inputs (the overlay ``a.png`` is the mask of ``a.jpg`` in the masks
+    layout) and be read as inputs by the next run."""
+    target = out.resolve()
+    folders = {Path(i).resolve() for i in inputs if Path(i).is_dir()}
+    for folder in folders:
+        if target == folder or folder in target.parents:
+            raise DefectkitError(f"--out {out} is inside the input folder {folder}: results there would overwrite "
+                                 "inputs and be read as inputs next time; choose an --out folder apart from the inputs "
+                                 "(nothing was written)")
+    holder = next((p for p in paths if p.resolve().parent == target), None)
+    if holder is not None:
+        raise DefectkitError(f"--out {out} holds the input {holder}: choose an --out folder apart from the inputs "
+                             "(nothing was written)")
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """One run at a time writes into ``out``: a second one gets an error instead of mixing its
+    rows into the first one's CSV and COCO (an OS file lock: freed when the process dies)."""
+    from filelock import FileLock, Timeout
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DefectkitError(f"another defectkit run is writing into {out}; wait for it to end or choose another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass
@@ -103,6 +155,7 @@ def run_batch(
     earlier: Callable[[Path, str], Callable[[], None] | None] | None = None,
     progress: bool = True,
     desc: str = "images",
+    reserved: Collection[str] = (),
 ) -> BatchReport:
     """Call ``process(path, name, image, analysis)`` for each outcome of ``outcomes(paths)``, in
     the order of ``paths`` (``outcomes`` yields one per path, in order, and may work ahead).
@@ -116,7 +169,7 @@ def run_batch(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = BatchReport(out)
-    names = output_names(paths)
+    names = output_names(paths, reserved)
     start = time.perf_counter()
     skip = {path: take for path in paths if earlier is not None and (take := earlier(path, names[path])) is not None}
     stream = outcomes(path for path in paths if path not in skip)
@@ -135,9 +188,14 @@ def run_batch(
                     raise analysis
                 process(path, names[path], image, analysis)
                 report.done += 1
+            except OSError as exc:
+                if exc.errno in FATAL_WRITE_ERRORS:
+                    raise DefectkitError(f"cannot write into {out} ({exc.strerror}); the results of the images before "
+                                         f"{path} are kept: make room and run again with --resume") from exc
+                _failed(report, path, exc)
+                bar.set_postfix(failed=len(report.failed))
             except Exception as exc:  # one bad image must not end a run over thousands
-                report.failed.append({"image": str(path), "error": type(exc).__name__, "message": str(exc)})
-                _write_errors(report)
+                _failed(report, path, exc)
                 bar.set_postfix(failed=len(report.failed))
     finally:
         bar.close()
@@ -147,8 +205,17 @@ def run_batch(
     return report
 
 
+def _failed(report: BatchReport, path: Path, exc: Exception) -> None:
+    report.failed.append({"image": str(path), "error": type(exc).__name__, "message": str(exc)})
+    _write_errors(report)
+
+
 def _write_errors(report: BatchReport) -> None:
-    atomic_write_text(report.errors_path, "".join(json.dumps(e) + "\n" for e in report.failed))
+    try:
+        atomic_write_text(report.errors_path, "".join(json.dumps(e) + "\n" for e in report.failed))
+    except OSError as exc:
+        raise DefectkitError(f"cannot write {report.errors_path} ({exc.strerror or exc}); the results written so far "
+                             "are kept: make room and run again with --resume") from exc
 
 
 def write_results(
@@ -168,45 +235,53 @@ def write_results(
     """Take the analysis ``(image record, defects)`` of each image of ``inputs`` from ``outcomes``
     (a generator function, see :func:`read_each`) and write per image ``<name>.json`` (and
     ``<name>.png`` overlays), and for the run the CSV (one row per defect), ``coco_file``
-    (``coco``, a CocoWriter) and ``errors.jsonl``. With ``resume``,
-    images whose JSON is already in ``out`` are read back instead of analysed again, and keep their
+    (``coco``, a CocoWriter) and ``errors.jsonl``. An image's JSON is written after its
+    overlay, so it marks the image done: with ``resume``, images whose JSON (and overlay) are
+    already in ``out`` are read back instead of analysed again, and keep their
     place in the CSV and COCO. ``timings`` adds the seconds of ``write``."""
-    from defectkit.export import csv_rows, defects_from_record, write_csv, write_json, write_overlay
+    from defectkit.export import csv_rows, defects_from_record, dumps, write_csv, write_overlay
 
     out = Path(out)
     paths = expand_inputs(inputs)
-    clash = next((p for p, name in output_names(paths).items() if (out / f"{name}.png").resolve() == p.resolve()), None)
-    if clash is not None:
-        raise DefectkitError(f"{clash} would be overwritten by its own overlay: choose an --out folder apart from the inputs")
+    check_out_apart(inputs, paths, out)
     rows: list[dict] = []
+
+    def collect(record: dict) -> None:
+        defects = defects_from_record(record)
+        coco.add(record["image"], tuple(record["size"]), defects)
+        rows.extend(csv_rows(defects))
 
     def process(path: Path, name: str, image: np.ndarray, analysis: tuple[dict, list]) -> None:
         record, defects = analysis
         with stage(timings, "write"):
-            write_json(out / f"{name}.json", record)
             if overlays:
                 write_overlay(out / f"{name}.png", image, defects)
-            coco.add(path, tuple(record["size"]), defects)
-            rows.extend(csv_rows(defects))
+            text = dumps(record)
+            atomic_write_text(out / f"{name}.json", text)  # last: an image is done when its JSON is there
+            # the CSV and COCO from the record as a resumed run reads it back: the same files either way
+            collect(json.loads(text))
 
     def earlier(path: Path, name: str):
         result = out / f"{name}.json"
-        if not (resume and result.is_file()):
+        if not (resume and result.is_file()) or (overlays and not (out / f"{name}.png").is_file()):
             return None
         try:
             record = json.loads(result.read_text())
-            defects = defects_from_record(record)
+            defects_from_record(record)
         except (ValueError, KeyError, TypeError):
             return None  # an unreadable earlier result: do the image again
+        return lambda: collect(record)
 
-        def take() -> None:
-            coco.add(record["image"], tuple(record["size"]), defects)
-            rows.extend(csv_rows(defects))
-
-        return take
-
-    report = run_batch(paths, out, outcomes, process, earlier, progress=progress, desc=desc)
-    write_csv(out / csv_file, rows)
-    if coco_file:
-        coco.write(out / coco_file, kind=coco_kind)
+    reserved = {Path(coco_file).stem} if coco_file else set()
+    with output_lock(out):
+        for stale in out.glob(".*.tmp"):  # half-written by a run that was killed (no run holds the lock now)
+            stale.unlink(missing_ok=True)
+        report = run_batch(paths, out, outcomes, process, earlier, progress=progress, desc=desc, reserved=reserved)
+        try:
+            write_csv(out / csv_file, rows)
+            if coco_file:
+                coco.write(out / coco_file, kind=coco_kind)
+        except OSError as exc:
+            raise DefectkitError(f"cannot write the run's summary into {out} ({exc.strerror or exc}); the per-image "
+                                 "results are kept: make room and run again with --resume") from exc
     return report, rows

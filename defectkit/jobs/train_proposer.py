@@ -49,6 +49,7 @@ def train_proposer(src: str | Path, format: str, taxonomy: Taxonomy, out: str | 
     trained = train_network(train, val, config, state, device, progress, log_dir)
     summary = {**data.summary(), "source": str(src), "format": format, "train_images": len(train), "val_images": len(val),
                "taxonomy": taxonomy.name, "config": config.to_dict(), "epochs_run": trained.epochs_run, "history": trained.history}
-    bundle = save_proposer(out, trained.network, config.network, trained.post, config.tile, config.overlap, summary, trained.metrics)
+    bundle = save_proposer(out, trained.network, config.network, trained.post, config.tile, config.overlap, summary, trained.metrics,
+                            config.input_scale)
     state.unlink(missing_ok=True)
     return TrainProposerResult(bundle, data.summary(), trained.metrics, trained.epochs_run, time.perf_counter() - started, data.skipped)

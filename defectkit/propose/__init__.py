@@ -77,10 +77,15 @@ def parse_options(pairs: list[str]) -> dict:
     """``["points_per_side=48", "mode=tiled"]`` -> ``{"points_per_side": 48, "mode": "tiled"}`` (values read as YAML)."""
     import yaml
 
+    from defectkit.yaml_files import load_yaml
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise DefectkitError(f"proposer option {pair!r} is not KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = load_yaml(value)
+        except yaml.YAMLError as exc:
+            raise DefectkitError(f"proposer option {pair!r}: its value is not valid YAML ({exc})") from exc
     return out

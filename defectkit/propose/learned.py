@@ -36,12 +36,14 @@ class LearnedProposer(Proposer):
             "model": str(self.bundle.path),
             "weights_sha256": self.bundle.manifest["files"][WEIGHTS],
             "network": self.bundle.spec.to_dict(),
+            "input_scale": self.bundle.scale,
             "postprocess": self.post.to_dict(),
         }
 
     def set_image(self, image: np.ndarray, image_path: str | None = None) -> None:
         super().set_image(image, image_path)
-        self.probability = probability_map(self.bundle.network, image, self.bundle.tile, self.bundle.overlap, self.device)
+        self.probability = probability_map(self.bundle.network, image, self.bundle.tile, self.bundle.overlap, self.device,
+                                           self.bundle.scale)
 
     def predict(self, prompts: Prompts | None = None) -> list[np.ndarray]:
         self._check(prompts)

@@ -32,6 +32,7 @@ from defectkit.errors import DefectkitError
 from defectkit.propose.base import Proposer, Prompts
 from defectkit.propose.masks import dedupe, merge_tiles, tight, tile_boxes
 from defectkit.sam2_model import load_model as build_sam2_model
+from defectkit.yaml_files import load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Package config -> checkpoint file name, as published by Meta (sam2.build_sam.HF_MODEL_ID_TO_FILENAMES).
@@ -91,7 +92,7 @@ def resolve_config(name: str) -> tuple[str, Path | None, str | None, dict]:
         known = sorted(PACKAGE_CONFIGS) + sorted({p.stem for d in config_dirs() for p in d.glob("*.yaml")})
         raise DefectkitError(f"unknown SAM2 config {name!r}; choose one of: {', '.join(known)}, or give a YAML path")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise DefectkitError(f"{path}: not a readable YAML file ({exc})") from exc
     model = data.get("model")

@@ -3,7 +3,7 @@
 ::
 
     proposer.json          format and version, the network (architecture, timm encoder, decoder),
-                           input (tile size, overlap, normalisation), the post-processing chosen on the
+                           input (scale, tile size, overlap, normalisation), the post-processing chosen on the
                            validation part, training summary and metrics, and the sha256 of every file
     network.safetensors    the network's weights
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from defectkit.bundle_files import library_versions, read_json_manifest, staged_folder, verify_files, write_manifest
+from defectkit.bundle_files import check_local_model_name, library_versions, read_json_manifest, staged_folder, verify_files, write_manifest
 from defectkit.errors import DefectkitError
 from defectkit.segmenter.inference import Postprocess
 from defectkit.segmenter.network import NetworkSpec, build_network
@@ -40,10 +40,11 @@ class ProposerBundle:
     post: Postprocess
     tile: int
     overlap: int
+    scale: float = 1.0
 
 
 def save_proposer(path: str | Path, network: torch.nn.Module, spec: NetworkSpec, post: Postprocess, tile: int,
-                  overlap: int, training: dict | None = None, metrics: dict | None = None) -> Path:
+                  overlap: int, training: dict | None = None, metrics: dict | None = None, scale: float = 1.0) -> Path:
     """Write a proposer bundle to ``path``, whole or not at all."""
     from safetensors.torch import save_file
 
@@ -55,7 +56,7 @@ def save_proposer(path: str | Path, network: torch.nn.Module, spec: NetworkSpec,
             "format_version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "network": spec.to_dict(),
-            "input": {"tile": tile, "overlap": overlap, "normalisation": "imagenet"},
+            "input": {"tile": tile, "overlap": overlap, "scale": scale, "normalisation": "imagenet"},
             "postprocess": post.to_dict(),
             "versions": library_versions(),
             "training": training or {},
@@ -77,10 +78,12 @@ def load_proposer(path: str | Path, device: torch.device | str = "cpu") -> Propo
     verify_files(path, manifest, MANIFEST, WEIGHTS)
     try:
         spec = NetworkSpec.from_dict(manifest["network"])
+        check_local_model_name(spec.encoder, path / MANIFEST)
         post = Postprocess(**manifest["postprocess"])
         tile, overlap = int(manifest["input"]["tile"]), int(manifest["input"]["overlap"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DefectkitError(f"{path / MANIFEST}: incomplete proposer manifest ({exc})") from exc
+        scale = float(manifest["input"].get("scale", 1.0))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DefectkitError(f"{path / MANIFEST}: incomplete proposer manifest ({type(exc).__name__}: {exc})") from exc
     network = build_network(spec)
     state = load_file(str(path / WEIGHTS))
     problems = mismatch(state, network.state_dict())
@@ -88,4 +91,4 @@ def load_proposer(path: str | Path, device: torch.device | str = "cpu") -> Propo
         raise DefectkitError(f"{path / WEIGHTS}: weights do not fit the {spec.architecture} over {spec.encoder!r} "
                              f"that {MANIFEST} describes: {problems}")
     network.load_state_dict(state, strict=True)
-    return ProposerBundle(path, manifest, network.to(device).eval(), spec, post, tile, overlap)
+    return ProposerBundle(path, manifest, network.to(device).eval(), spec, post, tile, overlap, scale)

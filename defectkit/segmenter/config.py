@@ -9,7 +9,8 @@ from defectkit.jsonable import to_jsonable
 
 ARCHITECTURES = {"unet": "Unet", "fpn": "FPN", "deeplabv3plus": "DeepLabV3Plus"}
 # unet: one width per decoder stage; fpn: (pyramid, segmentation) widths; deeplabv3plus: (width,)
-DECODER_CHANNELS = {"fpn": (64, 32), "unet": (128, 64, 32, 16, 16), "deeplabv3plus": (128,)}
+# (sized for a CPU: smp's U-Net default, 256..16, costs three times the FPN per step)
+DECODER_CHANNELS = {"fpn": (64, 32), "unet": (64, 32, 16, 16, 8), "deeplabv3plus": (128,)}
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ LOSSES = ("dice+bce", "dice+focal", "tversky")
 @dataclass(frozen=True)
 class TrainProposerConfig:
     network: NetworkSpec = NetworkSpec()
-    image_size: int = 160  # side of the training crops
+    image_size: int = 160  # side of the training crops (in the network's pixels, after input_scale)
+    input_scale: float = 1.0  # the network sees every image resized by this factor (0.5: half the side)
     batch_size: int = 16
     epochs: int = 80
     steps_per_epoch: int = 64
@@ -68,6 +70,8 @@ class TrainProposerConfig:
             raise DefectkitError(f"--image-size must be a multiple of 32, got {self.image_size}")
         if self.tile % 32 or self.tile <= 2 * self.overlap:
             raise DefectkitError(f"tile {self.tile} must be a multiple of 32 and more than twice the overlap {self.overlap}")
+        if not 0.1 <= self.input_scale <= 2:
+            raise DefectkitError(f"--input-scale must be between 0.1 and 2, got {self.input_scale}")
         if self.loss not in LOSSES:
             raise DefectkitError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not 0 < self.val_fraction < 1:

@@ -162,3 +162,17 @@ def split_seg_data(images: list[SegImage], val_fraction: float, seed: int) -> tu
     records = [{"image": str(index), "subtype": image.stratum} for index, image in enumerate(images)]
     train, val = split_records(records, val_fraction, seed)
     return [images[int(r["image"])] for r in train], [images[int(r["image"])] for r in val]
+
+
+def rescaled(item: SegImage, scale: float) -> SegImage:
+    """``item`` as the network sees it at ``input_scale``: image and target resized, regions found
+    again on the resized target (a thin line keeps its pixels: any pixel a quarter covered stays)."""
+    if scale == 1.0:
+        return item
+    from defectkit.segmenter.inference import rescale
+
+    image = rescale(item.image, scale)
+    coverage = cv2.resize(item.target.astype(np.float32), image.shape[1::-1], interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    target = coverage >= 0.25
+    regions = connected_regions(target) if item.regions else []
+    return SegImage(item.path, image, target, regions, item.stratum, item.boxes)

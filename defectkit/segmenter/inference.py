@@ -43,6 +43,13 @@ def to_input(image: np.ndarray) -> np.ndarray:
     return ((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1)
 
 
+def rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    """``image`` resized by ``scale`` (at least one pixel a side); area averaging when shrinking."""
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
 def _pad_to_stride(array: np.ndarray) -> np.ndarray:
     """(C, H, W) mirrored at the bottom and right up to multiples of the stride."""
     _, height, width = array.shape
@@ -58,8 +65,13 @@ def autocast(device: torch.device):
 
 @torch.inference_mode()
 def probability_map(network: torch.nn.Module, image: np.ndarray, tile: int = 512, overlap: int = 64,
-                    device: torch.device | None = None) -> np.ndarray:
-    """Per-pixel defect probability (float32, H x W) for a uint8 RGB image."""
+                    device: torch.device | None = None, scale: float = 1.0) -> np.ndarray:
+    """Per-pixel defect probability (float32, H x W) for a uint8 RGB image; the network sees the
+    image resized by ``scale`` (tiles are of the resized image) and its map is resized back."""
+    if scale != 1.0:
+        height, width = image.shape[:2]
+        probability = probability_map(network, rescale(image, scale), tile, overlap, device)
+        return cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
     device = device or next(network.parameters()).device
     height, width = image.shape[:2]
     planes = to_input(image)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from defectkit.devices import pick_device
 from defectkit.errors import DefectkitError
 from defectkit.segmenter.config import TrainProposerConfig
-from defectkit.segmenter.data import SegImage
+from defectkit.segmenter.data import SegImage, rescaled
 from defectkit.segmenter.inference import Postprocess, autocast, probability_map
 from defectkit.segmenter.network import build_network, init_encoder
 from defectkit.segmenter.sampling import sample_batch
@@ -55,7 +55,7 @@ def validation_images(val: list[SegImage], limit_clean: bool) -> list[SegImage]:
 
 def predict_maps(network: torch.nn.Module, images: list[SegImage], config: TrainProposerConfig, device) -> list[np.ndarray]:
     network.eval()
-    return [probability_map(network, i.image, config.tile, config.overlap, device) for i in images]
+    return [probability_map(network, i.image, config.tile, config.overlap, device, config.input_scale) for i in images]
 
 
 def train_network(train: list[SegImage], val: list[SegImage], config: TrainProposerConfig, state_file: Path | None = None,
@@ -74,6 +74,7 @@ def train_network(train: list[SegImage], val: list[SegImage], config: TrainPropo
     criterion = loss_fn(config.loss)
     truths_of = lambda images: [(i.regions, i.boxes) for i in images]  # noqa: E731
     monitored = validation_images(val, limit_clean=True)
+    train = [rescaled(i, config.input_scale) for i in train]  # validation stays at full size, as inference sees it
 
     start, best_f1, best_state, history, waited = 0, -1.0, None, [], 0
     if state_file is not None and state_file.is_file():

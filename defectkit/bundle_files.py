@@ -134,6 +134,10 @@ def read_json_manifest(path: Path, manifest_file: str, format: str, version: int
     """The manifest of a bundle at ``path``, checked for format and version."""
     file = path / manifest_file
     if not file.is_file():
+        previous = path.with_name(f".{path.name}.old")
+        if (previous / manifest_file).is_file():
+            raise DefectkitError(f"no {what} at {path}: a save was interrupted between its two renames; the previous "
+                                 f"{what} is whole at {previous}: rename it back to {path.name}")
         raise DefectkitError(f"no {what} at {path} (expected {manifest_file}, as written by `{writer}`)")
     digest = path / digest_file(manifest_file)
     try:

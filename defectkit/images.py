@@ -16,6 +16,9 @@ import numpy as np
 from defectkit.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# An image may declare far more pixels than its file holds (an 875 KB PNG of 30000 x 30000 px took
+# 8 GB to decode): the size in its header is checked first. Raise it with DEFECTKIT_MAX_PIXELS.
+MAX_PIXELS = int(os.environ.get("DEFECTKIT_MAX_PIXELS", 100_000_000))
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # read once: tempfile creates files 0600 and folders 0700 whatever the umask says
 
@@ -36,10 +39,35 @@ def decode_file(path: Path) -> np.ndarray:
         raise InputError(path, f"cannot read file ({exc.strerror or exc})") from exc
     if data.size == 0:
         raise InputError(path, "file is empty")
+    pixels = declared_pixels(data)
+    if pixels is not None and pixels > MAX_PIXELS:
+        raise InputError(path, f"declares {pixels:,} pixels, more than the limit of {MAX_PIXELS:,} "
+                               "(set DEFECTKIT_MAX_PIXELS to allow larger images)")
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if array is None or array.size == 0:
         raise InputError(path, "not a readable image (corrupt, truncated or unsupported format)")
     return array
+
+
+def declared_pixels(data: np.ndarray) -> int | None:
+    """Width x height from the image's header, without decoding it; None where Pillow cannot tell
+    (OpenCV then decodes it, or says it cannot)."""
+    import io
+    import re
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's bomb warning: the limit that counts is MAX_PIXELS
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size[0] * image.size[1]
+        except Image.DecompressionBombError as exc:  # beyond even Pillow's own hard limit
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            return int(found.group(1)) if found else MAX_PIXELS + 1
+        except Exception:  # a format Pillow does not know, or a broken header
+            return None
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from defectkit.errors import DefectkitError
-from defectkit.state_dicts import mismatch, write_state
+from defectkit.state_dicts import load_failure, mismatch, write_state
 
 DEFAULT_CONFIG = "sam2.1_hiera_t"
 METADATA_KEY = "defectkit"
@@ -65,7 +65,7 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
                 raise
             data = torch.load(path, map_location="cpu", weights_only=True)  # an old-format file cannot be mapped
     except Exception as exc:  # torch raises several types for a file that is no checkpoint
-        raise DefectkitError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise DefectkitError(f"{path}: not a readable PyTorch checkpoint ({load_failure(exc)})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise DefectkitError(f"{path}: not a SAM2 checkpoint: expected a dict with a 'model' state dict, as Meta's files have")
     return data

@@ -20,6 +20,18 @@ def mismatch(state: dict, expected: dict) -> str:
     return "; ".join(parts)
 
 
+def load_failure(exc: Exception) -> str:
+    """One line on why ``torch.load(..., weights_only=True)`` refused a file. torch's own message
+    for a pickle holding objects runs to dozens of lines and ends in advice to retry with
+    ``weights_only=False``, which must never be followed for a file of unknown origin."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        return "it holds Python objects beyond tensors and plain values, which are never loaded (not retried unsafely)"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
 def cpu_state(module) -> dict:
     """A module's weights as plain, contiguous CPU tensors of their own (what safetensors writes)."""
     return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}

@@ -147,3 +147,19 @@ def test_a_clean_image_alone_still_writes_every_run_file(tmp_path):
     out = tmp_path / "out"
     assert segment([write(tmp_path / "in" / "clean.jpg", textured(seed=5))], out).exit_code == 0
     assert {"clean.json", "clean.png", "defects.csv", "coco.json", "errors.jsonl"} <= set(outputs(out))
+
+
+def test_links_that_lead_nowhere_are_reported_and_a_file_as_out_is_one_line(tmp_path):
+    src = parts(tmp_path / "in", 1)
+    (src / "loop.jpg").symlink_to("loop.jpg")
+    (src / "dangling.jpg").symlink_to("missing.jpg")
+    out = tmp_path / "out"
+    result = segment([src], out)
+    assert result.exit_code == 1, result.output
+    failed = sorted(Path(json.loads(line)["image"]).name for line in (out / "errors.jsonl").read_text().splitlines())
+    assert failed == ["dangling.jpg", "loop.jpg"]
+    result = segment([src / "loop.jpg", src / "part0.jpg"], tmp_path / "out2")
+    assert result.exit_code == 1 and "1 failed" in result.output
+    (tmp_path / "a-file").write_text("not a folder")
+    result = segment([src / "part0.jpg"], tmp_path / "a-file")
+    assert result.exit_code == 2 and "cannot write into --out" in result.output and "Traceback" not in result.output

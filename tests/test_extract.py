@@ -323,3 +323,18 @@ def test_hard_negatives_are_proposals_that_touch_no_defect(tmp_path):
             region = np.zeros(pore.shape, np.uint8)
             cv2.fillPoly(region, [np.array(r["polygon"], np.int32)], 1)
             assert not (region.astype(bool) & pore).any()
+
+
+def test_a_crop_row_without_its_image_is_named_by_line(tmp_path):
+    src = generated_masks_dataset(tmp_path / "src")
+    run(src, tmp_path / "out")
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    row = json.loads(lines[1])
+    del row["image"]
+    manifest.write_text("\n".join([lines[0], json.dumps(row), *lines[2:]]) + "\n")
+    result = CliRunner().invoke(app, ["split", str(tmp_path / "out"), str(tmp_path / "parts")])
+    assert result.exit_code == 2 and "line 2: no image" in result.output, result.output
+    manifest.write_text("[1, 2]\n")
+    with pytest.raises(DefectkitError, match="line 1: a crop must be a JSON object"):
+        read_manifest(tmp_path / "out")

@@ -110,3 +110,20 @@ def test_a_taxonomy_that_is_not_utf8_names_the_file(tmp_path):
     with pytest.raises(TaxonomyError, match="not UTF-8") as caught:
         Taxonomy.load(path)
     assert str(path) in str(caught.value)
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path):
+    import struct
+    import zlib
+
+    png = bytearray(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
+    for side, at in ((30000, 16), (30000, 20)):  # the IHDR's width and height, then its CRC
+        png[at : at + 4] = struct.pack(">I", side)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])) & 0xFFFFFFFF)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bytes(png))
+    with pytest.raises(InputError, match="declares 900,000,000 pixels") as caught:
+        read_image(bomb)
+    assert str(bomb) in str(caught.value)
+    write(tmp_path / "fine.png", np.zeros((40, 30), np.uint8))
+    assert read_image(tmp_path / "fine.png").shape == (40, 30, 3)

@@ -72,13 +72,14 @@ def read_dataset(src: str | Path, format: str, mask_threshold: int = 127) -> Ite
 
 
 def find_images(root: Path) -> list[Path]:
-    """Image files below ``root``, sorted, hidden folders skipped."""
+    """Image files below ``root``, sorted, hidden folders skipped. A link that leads nowhere (dangling,
+    or a loop) is listed too, so that reading it is reported rather than silently skipped."""
     from defectkit.images import IMAGE_SUFFIXES
 
     return sorted(
         p
         for p in root.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
+        and (p.is_file() or p.is_symlink())
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )

@@ -11,6 +11,7 @@ from defectkit.images import atomic_write_text
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "extract.json"  # how the crops were made, beside the manifest
+REQUIRED = ("crop_path", "image", "subtype")  # the crop, its source image (splits group by it), its label
 
 
 def write_manifest(path: str | Path, records: Iterable[dict]) -> Path:
@@ -39,6 +40,11 @@ def read_manifest(path: str | Path, check_files: bool = True) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DefectkitError(f"{path}, line {number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise DefectkitError(f"{path}, line {number}: a crop must be a JSON object, not {type(record).__name__}")
+        absent = [key for key in REQUIRED if not isinstance(record.get(key), str) or not record[key]]
+        if absent:
+            raise DefectkitError(f"{path}, line {number}: no {', '.join(absent)} (every crop names its {', '.join(REQUIRED)})")
         for key in ("crop_path", "mask_path"):
             if record.get(key) and not Path(record[key]).is_absolute():
                 record[key] = str(path.parent / record[key])

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from defectkit.errors import DefectkitError
-from defectkit.state_dicts import cpu_state, mismatch
+from defectkit.state_dicts import cpu_state, load_failure, mismatch
 
 DEFAULT_BACKBONE = "mobilenetv3_small_100"
 # The project's own contrastively pretrained backbone; used whenever this file exists.
@@ -131,7 +131,7 @@ def read_weights(path: Path, name: str) -> dict:
         state = load_state_dict(str(path), weights_only=True)
     except Exception as exc:  # safetensors, torch and pickle each raise their own types
         raise DefectkitError(
-            f"{path}: cannot read backbone weights for {name!r} ({type(exc).__name__}: {exc}); "
+            f"{path}: cannot read backbone weights for {name!r} ({load_failure(exc)}); "
             "expected a safetensors file or a torch state dict of plain tensors"
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -84,14 +84,15 @@ def check_out_apart(inputs: list[str | Path], paths: list[Path], out: Path) -> N
     """Refuse an output folder that is, or is inside, an input folder, or that holds input images:
     its results would overwrite inputs (the overlay ``a.png`` is the mask of ``a.jpg`` in the masks
     layout) and be read as inputs by the next run."""
-    target = out.resolve()
-    folders = {Path(i).resolve() for i in inputs if Path(i).is_dir()}
+    real = lambda p: Path(os.path.realpath(p))  # noqa: E731 - unlike Path.resolve, never raises on a symlink loop
+    target = real(out)
+    folders = {real(i) for i in inputs if Path(i).is_dir()}
     for folder in folders:
         if target == folder or folder in target.parents:
             raise DefectkitError(f"--out {out} is inside the input folder {folder}: results there would overwrite "
                                  "inputs and be read as inputs next time; choose an --out folder apart from the inputs "
                                  "(nothing was written)")
-    holder = next((p for p in paths if p.resolve().parent == target), None)
+    holder = next((p for p in paths if real(p).parent == target), None)
     if holder is not None:
         raise DefectkitError(f"--out {out} holds the input {holder}: choose an --out folder apart from the inputs "
                              "(nothing was written)")
@@ -103,7 +104,11 @@ def output_lock(out: Path) -> Iterator[None]:
     rows into the first one's CSV and COCO (an OS file lock: freed when the process dies)."""
     from filelock import FileLock, Timeout
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / LOCK).touch()
+    except OSError as exc:
+        raise DefectkitError(f"cannot write into --out {out} ({exc.strerror or exc}); choose a folder you can write to") from exc
     lock = FileLock(str(out / LOCK), timeout=0)
     try:
         lock.acquire()

@@ -26,7 +26,7 @@ from defectkit.data.manifest import read_manifest
 from defectkit.embed import DEFAULT_BACKBONE, Embedder
 from defectkit.errors import DefectkitError
 from defectkit.images import atomic_write_text, read_image, read_mask
-from defectkit.state_dicts import cpu_state, write_state
+from defectkit.state_dicts import cpu_state, load_failure, write_state
 from defectkit.tensorboard import tensorboard_writer
 
 METHODS = ("simclr", "supcon")
@@ -212,7 +212,7 @@ def _resume(state_path: Path, config: PretrainConfig, parts: dict, device) -> tu
     try:
         state = torch.load(state_path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged file
-        raise DefectkitError(f"{state_path}: cannot read the resume state ({type(exc).__name__}); delete it to start afresh") from exc
+        raise DefectkitError(f"{state_path}: cannot read the resume state ({load_failure(exc)}); delete it to start afresh") from exc
     if state.get("config") != json.dumps(asdict(config), sort_keys=True):
         raise DefectkitError(f"{state_path}: a resume state for other settings; delete it to start afresh")
     for name, part in parts.items():

@@ -36,7 +36,7 @@ from defectkit.sam2_finetune.data import DataOptions, LabelledImage, Prompt, Spl
 from defectkit.sam2_finetune.evaluate import evaluate
 from defectkit.sam2_finetune.losses import LossWeights, sam2_loss
 from defectkit.sam2_finetune.model import Features, decode, encode, load_model, resolve_config, save_checkpoint, to_model_frame, transforms_for
-from defectkit.state_dicts import write_state
+from defectkit.state_dicts import load_failure, write_state
 from defectkit.tensorboard import tensorboard_writer
 
 # Parameters of the mask decoder that belong to the image-embedding path (run by forward_image).
@@ -434,7 +434,7 @@ def _read_state(state_file: Path, out: Path) -> dict:
     try:
         return torch.load(state_file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DefectkitError(f"{state_file}: not a readable training state ({type(exc).__name__}: {exc})") from exc
+        raise DefectkitError(f"{state_file}: not a readable training state ({load_failure(exc)})") from exc
 
 
 def _check_resumable(state: dict, state_file: Path, config_name: str, image_size: int | None,

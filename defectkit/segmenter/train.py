@@ -20,7 +20,7 @@ from defectkit.segmenter.inference import Postprocess, autocast, probability_map
 from defectkit.segmenter.network import build_network, init_encoder
 from defectkit.segmenter.sampling import sample_batch
 from defectkit.segmenter.scoring import MIN_AREAS, choose_postprocess
-from defectkit.state_dicts import write_state
+from defectkit.state_dicts import load_failure, write_state
 from defectkit.tensorboard import tensorboard_writer
 
 
@@ -168,7 +168,7 @@ def _read_state(path: Path, config: TrainProposerConfig) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DefectkitError(f"{path}: cannot read the training state ({type(exc).__name__}: {exc}); delete it to start over") from exc
+        raise DefectkitError(f"{path}: cannot read the training state ({load_failure(exc)}); delete it to start over") from exc
     if state.get("config") != config.to_dict():
         changed = sorted(k for k in config.to_dict() if state.get("config", {}).get(k) != config.to_dict()[k])
         raise DefectkitError(f"{path}: a run with other settings ({', '.join(changed)}) left this state; "

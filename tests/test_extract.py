@@ -338,3 +338,19 @@ def test_a_crop_row_without_its_image_is_named_by_line(tmp_path):
     manifest.write_text("[1, 2]\n")
     with pytest.raises(DefectkitError, match="line 1: a crop must be a JSON object"):
         read_manifest(tmp_path / "out")
+
+
+def test_an_image_name_that_is_not_utf8_is_extracted_and_listed(tmp_path):
+    import os
+
+    src = generated_masks_dataset(tmp_path / "src")
+    stem = os.fsdecode(b"\xff-pore")
+    try:  # written by Python: OpenCV's imwrite crashes on such a name
+        for suffix in (".jpg", ".png"):
+            os.rename(src / "MT_Blowhole" / f"a{suffix}", src / "MT_Blowhole" / f"{stem}{suffix}")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    result = CliRunner().invoke(app, ["extract", str(src), str(tmp_path / "out"), "-t", str(TAXONOMY), "--crop-size", "32"])
+    assert result.exit_code == 0, result.output
+    images = {os.fsencode(r["image"]) for r in read_manifest(tmp_path / "out")}
+    assert os.fsencode(str(src / "MT_Blowhole" / f"{stem}.jpg")) in images

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -163,7 +164,7 @@ class _Extractor:
         return kept
 
     def _background(self, sample: Sample, image: np.ndarray, count: int, avoid: np.ndarray | None) -> None:
-        seed = [self.options.seed, zlib.crc32(self._key(sample).encode())]
+        seed = [self.options.seed, zlib.crc32(os.fsencode(self._key(sample)))]
         regions = sample_background_regions(self.pool, image.shape, count, np.random.default_rng(seed), avoid)
         for region in regions:
             defect = describe(region, image, str(sample.image_path), self.options.polygon_tolerance)
@@ -184,7 +185,7 @@ class _Extractor:
             mask = _square(defect.region.full_mask(image.shape).astype(np.uint8) * 255, size, cv2.INTER_NEAREST)
         else:
             crop, mask = crop_region(image, defect.region, self.options.crop)
-        tag = f"{zlib.crc32(self._key(sample).encode()):08x}"
+        tag = f"{zlib.crc32(os.fsencode(self._key(sample))):08x}"
         defect.id = self.per_image[defect.image]
         self.per_image[defect.image] += 1
         stem = f"crops/{defect.subtype}/{sample.image_path.stem}-{tag}-{defect.id}"

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from defectkit.ensemble import Hierarchy, StackedEnsemble, default_estimators
+from defectkit.ensemble import Hierarchy, StackedEnsemble, default_estimators, default_final_estimator
 from defectkit.features import EmbeddingPCA, FeatureSpec
 from defectkit.taxonomy import Taxonomy
 
@@ -26,7 +26,10 @@ class ClassifierConfig:
     backbone / weights / image_size / mask_mode: see :class:`defectkit.embed.Embedder` (None: the
     defaults, or what the weights file's JSON says). texture: add LBP/GLCM/HOG features. pca: embedding
     components kept (None or 0: the whole embedding). passthrough_geometry: the meta-learner also sees
-    the geometry features. rejection_threshold: below it a defect is ``uncertain``.
+    the geometry features. rejection_threshold: below it a defect is ``uncertain``. flat: one stack
+    over all subtypes instead of the two-level hierarchy. learner_params: ``(key, value)`` pairs set
+    on the stack's learners by scikit-learn's ``set_params`` naming, the learner's name first
+    (``("xgb__max_depth", 6)``, ``("knn__knn__n_neighbors", 5)``; ``final__...`` is the meta-learner).
     """
 
     backbone: str | None = None
@@ -38,6 +41,8 @@ class ClassifierConfig:
     pca: int | None = 32
     passthrough_geometry: bool = False
     rejection_threshold: float | None = None
+    flat: bool = False
+    learner_params: tuple[tuple[str, float | int | str], ...] = ()
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -57,15 +62,24 @@ class ClassifierConfig:
         return Embedder(self.backbone, weights, self.image_size, self.mask_mode, seed=self.seed)
 
     def stack(self, spec: FeatureSpec, estimators=None) -> StackedEnsemble:
+        members = default_estimators(self.seed) if estimators is None else estimators
+        final = default_final_estimator()
+        for key, value in self.learner_params:
+            name, _, param = key.partition("__")
+            learner = final if name == "final" else dict(members).get(name)
+            if learner is None or not param:
+                raise ValueError(f"learner parameter {key!r}: no learner {name!r} (learners: {', '.join(n for n, _ in members)}, final)")
+            learner.set_params(**{param: value})
         return StackedEnsemble(
-            estimators=default_estimators(self.seed) if estimators is None else estimators,
+            estimators=members,
+            final_estimator=final if any(key.startswith("final__") for key, _ in self.learner_params) else None,
             passthrough=len(spec.geometry) if self.passthrough_geometry else 0,
             random_state=self.seed,
         )
 
     def model(self, taxonomy: Taxonomy, spec: FeatureSpec, flat: bool = False) -> Pipeline:
         """The unfitted model: hierarchy of stacks (or one flat stack), after embedding PCA."""
-        head = self.stack(spec) if flat else Hierarchy(
+        head = self.stack(spec) if flat or self.flat else Hierarchy(
             taxonomy={c: list(s) for c, s in taxonomy.categories.items()},
             estimator=self.stack(spec),
             rejection_threshold=self.rejection_threshold,

@@ -485,6 +485,49 @@ def train(
 
 
 @app.command()
+def tune(
+    dataset: Path = typer.Argument(..., help="Labelled crop data set (folder with manifest.jsonl, from `defectkit extract`)."),
+    taxonomy: Path = typer.Option(..., "--taxonomy", "-t", help="Taxonomy YAML."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model bundle folder to write with the best settings (the study and its plots go to OUT.tune/)."),
+    trials: int = typer.Option(30, help="Finished trials the study should hold (a resumed or shared study counts every process's)."),
+    cv: int = typer.Option(5, "--cv", help="Folds, grouped by source image, that score each trial."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default sqlite:///OUT.tune/study.db); e.g. postgresql://user:pass@host/db to share a study between machines."),
+    study: Optional[str] = typer.Option(None, help="Study name (default defectkit-<data set folder>)."),
+    timeout: Optional[float] = typer.Option(None, help="Stop starting trials after this many seconds (this process)."),
+    no_final: bool = typer.Option(False, "--no-final", help="Only run trials; train no bundle."),
+    backbone: Optional[str] = _BACKBONE,
+    backbone_weights: Optional[str] = _WEIGHTS,
+    image_size: Optional[int] = _IMAGE_SIZE,
+    mask_mode: Optional[str] = _MASK_MODE,
+    no_embedding: bool = typer.Option(False, "--no-embedding", help="Search only settings without the backbone's embedding."),
+    seed: int = _SEED,
+    no_cache: bool = _NO_CACHE,
+    quiet: bool = _QUIET,
+):
+    """Choose the classifier's features, head and learner settings for this material by an Optuna
+    study scored by grouped cross-validation, then train the bundle with the best."""
+    from defectkit.jobs.tune import TuneOptions, tune as run_tune
+    from defectkit.taxonomy import Taxonomy
+    from defectkit.threads import use_one_thread
+
+    use_one_thread()
+    if trials < 1:
+        _fail(DefectkitError(f"--trials must be at least 1, got {trials}"))
+    try:
+        config = _config(backbone, backbone_weights, image_size, mask_mode, False, no_embedding, 32, seed)
+        options = TuneOptions(trials=trials, cv=cv, storage=storage, study=study, timeout=timeout, final=not no_final)
+        result = run_tune(dataset, Taxonomy.load(taxonomy), out, config, options, _cache(no_cache), progress=not quiet,
+                          log=lambda line: Console().print(line, soft_wrap=True))
+    except (DefectkitError, ValueError) as exc:
+        _fail(exc)
+    Console().print(
+        f"study {result.study_name} ({result.storage}): {result.trials} trials, {result.pruned} pruned; best trial "
+        f"{result.best_trial}: defect macro-F1 {result.best_value:.4f} by {cv}-fold grouped CV with {result.best_params}", soft_wrap=True)
+    if result.bundle is not None:
+        Console().print(f"bundle written to {result.bundle}; plots in {result.work}", soft_wrap=True)
+
+
+@app.command()
 def evaluate(
     dataset: Path = typer.Argument(..., help="Labelled crop data set (folder with manifest.jsonl)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Trained bundle to evaluate on DATASET (held out)."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from sklearn.metrics import f1_score
@@ -84,9 +85,12 @@ def cross_validate(
     k: int = 5,
     baselines: bool = False,
     progress: bool = True,
+    on_fold: Callable[[int, list[float]], None] | None = None,
 ) -> CVResult:
     """Out-of-fold predictions of the hierarchy (and, with ``baselines``, of each base learner alone
-    and of the flat one-level stack, all on the same folds) and their reports."""
+    and of the flat one-level stack, all on the same folds) and their reports. ``on_fold(i, scores)``
+    is called after each fold with the model's defect macro-F1 of the folds so far (it may raise to
+    stop, as a pruned tuning trial does)."""
     check_trainable(crops)
     y = crops.subtypes
     folds = grouped_folds(y, crops.groups, k, config.seed)
@@ -105,6 +109,8 @@ def cross_validate(
                 subtype[name][test] = stack.classes_[np.argmax(proba, axis=1)]
         for name in names:
             per_fold[name].append(_defect_macro_f1(y[test], subtype[name][test].astype(str)))
+        if on_fold is not None:
+            on_fold(len(per_fold["hierarchy"]) - 1, per_fold["hierarchy"])
     reports = {name: report(taxonomy, y, subtype[name], category if name == "hierarchy" else None) for name in names}
     return CVResult(len(folds), folds, reports, per_fold)
 

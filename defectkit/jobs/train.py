@@ -37,11 +37,13 @@ def train(
     timings: Timings | None = None,
     jobs: int | None = None,
     proposer: str | Path | None = None,
+    record: dict | None = None,
 ) -> TrainResult:
     """Embed the crops, estimate quality by grouped ``cv``-fold CV (0: skip), fit on all crops, save.
     ``timings`` adds the seconds of ``features`` (backbone built, crops embedded or taken from the
     cache), ``cv``, ``fit`` and ``save``. ``jobs`` threads fit the stacks' folds (None: one per CPU).
-    ``proposer``: a proposer bundle (``train-proposer``) that the model carries and ``classify`` uses."""
+    ``proposer``: a proposer bundle (``train-proposer``) that the model carries and ``classify`` uses.
+    ``record``: more to keep in the bundle's training summary (``tune`` keeps its study there)."""
     start = time.perf_counter()
     with stage(timings, "features"):
         crops = load_labelled(dataset, taxonomy)
@@ -54,7 +56,7 @@ def train(
             result = cross_validate(X, crops, taxonomy, config, spec, cv, progress=progress) if cv else None
         with stage(timings, "fit"):
             model = config.model(taxonomy, spec).fit(X, crops.subtypes)
-    summary = {**crops.summary(), "config": config.to_dict(), "crop": crop_settings(dataset)}
+    summary = {**crops.summary(), "config": config.to_dict(), "crop": crop_settings(dataset), **(record or {})}
     metrics = result.to_dict() if result else {}
     metrics.pop("confusion", None)
     with stage(timings, "save"):

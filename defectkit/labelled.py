@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from defectkit.data.manifest import read_manifest
+from defectkit.data.split import source_of
 from defectkit.errors import DefectkitError, TaxonomyError
 from defectkit.taxonomy import Taxonomy
 
@@ -52,7 +53,7 @@ def load_labelled(dataset: str | Path, taxonomy: Taxonomy) -> LabelledCrops:
             f"{path}: label(s) missing from taxonomy {taxonomy.source}: {listed}; add them to the taxonomy "
             "as subtypes or aliases, or extract the data set with this taxonomy"
         )
-    groups = [str(r.get("image") or r["crop_path"]) for r in records]
+    groups = [source_of(r) for r in records]
     return LabelledCrops(path, records, np.asarray(subtypes), np.asarray(groups))
 
 

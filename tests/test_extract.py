@@ -18,20 +18,20 @@ from tests.conftest import SAMPLE, TAXONOMY, textured, write
 SMALL = ExtractOptions(crop=CropSpec(size=32))
 
 
-def generated_masks_dataset(root: Path) -> Path:
+def generated_masks_dataset(root: Path, seed: int = 0) -> Path:
     """Two defect images (a pore, a crack) and one defect-free image, in the mask-pair layout."""
-    pore = textured(seed=1)
+    pore = textured(seed=1 + 10 * seed)
     pore_mask = np.zeros(pore.shape[:2], np.uint8)
     cv2.circle(pore_mask, (50, 40), 8, 255, -1)
     pore[pore_mask > 0] = 60
     write(root / "MT_Blowhole" / "a.jpg", pore)
     write(root / "MT_Blowhole" / "a.png", pore_mask)
-    crack = textured(seed=2)
+    crack = textured(seed=2 + 10 * seed)
     crack_mask = np.zeros(crack.shape[:2], np.uint8)
     cv2.line(crack_mask, (20, 20), (120, 90), 255, 3)
     write(root / "MT_Crack" / "nested" / "b.png", crack)
     write(root / "MT_Crack" / "nested" / "b_mask.png", crack_mask)
-    write(root / "MT_Free" / "c.jpg", textured(seed=3))
+    write(root / "MT_Free" / "c.jpg", textured(seed=3 + 10 * seed))
     return root
 
 
@@ -354,3 +354,18 @@ def test_an_image_name_that_is_not_utf8_is_extracted_and_listed(tmp_path):
     assert result.exit_code == 0, result.output
     images = {os.fsencode(r["image"]) for r in read_manifest(tmp_path / "out")}
     assert os.fsencode(str(src / "MT_Blowhole" / f"{stem}.jpg")) in images
+
+
+def test_byte_identical_copies_of_an_image_are_one_group(tmp_path):
+    from defectkit.labelled import load_labelled
+
+    src = generated_masks_dataset(tmp_path / "src")
+    for suffix in (".jpg", ".png"):  # a twin of a.jpg under another name, as public data sets have them
+        (src / "MT_Blowhole" / f"twin{suffix}").write_bytes((src / "MT_Blowhole" / f"a{suffix}").read_bytes())
+    run(src, tmp_path / "out")
+    crops = load_labelled(tmp_path / "out", Taxonomy.load(TAXONOMY))
+    by_image = {}
+    for record, group in zip(crops.records, crops.groups):
+        by_image.setdefault(Path(record["image"]).stem, set()).add(group)
+    assert by_image["a"] == by_image["twin"] and len(by_image["a"]) == 1
+    assert by_image["a"] != by_image["b"]

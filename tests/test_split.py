@@ -42,7 +42,7 @@ def test_split_dataset_writes_readable_manifests(tmp_path):
     from tests.test_extract import generated_masks_dataset, run
 
     for i in range(3):
-        generated_masks_dataset(tmp_path / "src" / f"batch{i}")
+        generated_masks_dataset(tmp_path / "src" / f"batch{i}", seed=i)
     src = tmp_path / "src"
     # the mask layout wants SRC/<label>/...: gather the three batches under one root
     import shutil

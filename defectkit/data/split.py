@@ -13,11 +13,18 @@ from defectkit.errors import DefectkitError
 from defectkit.taxonomy import BACKGROUND
 
 
+def source_of(record: dict) -> str:
+    """The source image a crop is grouped by: its content hash where extract recorded one, so that
+    byte-identical copies of an image under two names (public data sets have them) stay on one
+    side of a split; else its path."""
+    return str(record.get("image_sha256") or record.get("image") or record["crop_path"])
+
+
 def image_strata(records: list[dict]) -> dict[str, str]:
     """Each source image's stratum: its most frequent defect subtype, or background if it has none."""
     per_image: dict[str, Counter] = defaultdict(Counter)
     for record in records:
-        per_image[record["image"]][record["subtype"]] += 1
+        per_image[source_of(record)][record["subtype"]] += 1
     strata = {}
     for image, counts in per_image.items():
         defects = {s: n for s, n in counts.items() if s != BACKGROUND}
@@ -43,8 +50,8 @@ def split_records(records: list[dict], test_size: float = 0.3, seed: int = 0) ->
         if len(images) >= 2:
             count = min(max(count, 1), len(images) - 1)
         test_images.update(images[i] for i in rng.permutation(len(images))[:count])
-    train = [r for r in records if r["image"] not in test_images]
-    test = [r for r in records if r["image"] in test_images]
+    train = [r for r in records if source_of(r) not in test_images]
+    test = [r for r in records if source_of(r) in test_images]
     return train, test
 
 

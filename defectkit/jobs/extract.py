@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from defectkit.bundle_files import sha256_file
 from defectkit.crops import CropSpec, crop_region
 from defectkit.data import Annotation, Sample, read_dataset
 from defectkit.data.background import ShapePool, sample_background_regions
@@ -57,6 +58,7 @@ class _Extractor:
         self.pool = ShapePool()
         self.records: list[dict] = []
         self.per_image: Counter = Counter()
+        self.image_sha256: dict[Path, str] = {}  # source images by content: copies under two names group together
         self.summary = ExtractSummary(out)
         self.negatives = None
         if options.negatives_from:
@@ -192,7 +194,9 @@ class _Extractor:
         write_png(self.out / f"{stem}.png", crop)
         write_png(self.out / f"{stem}_mask.png", mask)
         defect.crop_path, defect.mask_path = f"{stem}.png", f"{stem}_mask.png"
-        self.records.append({**defect.to_dict(), "origin": origin})
+        if sample.image_path not in self.image_sha256:
+            self.image_sha256[sample.image_path] = sha256_file(sample.image_path)
+        self.records.append({**defect.to_dict(), "origin": origin, "image_sha256": self.image_sha256[sample.image_path]})
         self.summary.crops[(defect.category, defect.subtype)] += 1
 
 

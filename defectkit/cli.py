@@ -651,17 +651,33 @@ def classify(
         report, rows = classify_images(inputs, out, classifier, ClassifyOptions(coco=coco, overlays=overlays, resume=resume), progress=not quiet)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
-    per_image = Counter(r["image"] for r in rows)
-    for image, count in sorted(per_image.items()):
-        found = Counter(r["subtype"] for r in rows if r["image"] == image)
-        typer.echo(f"{image}: " + ", ".join(f"{n} {s}" for s, n in sorted(found.items())))
+    verdicts = Counter(r["verdict"] for r in report.images)
+    print_run_summary(Counter(r["subtype"] or r["category"] or "defect" for r in rows), verdicts)
     rate = report.done / report.seconds if report.seconds else 0.0
     typer.echo(f"proposer: {chosen.describe().get('name')}; {report.done} image(s) classified ({rate:.1f} img/s), "
-               f"{len(per_image)} with defects, {len(rows)} defect(s), {report.skipped} kept from before, "
-               f"{len(report.failed)} failed; results in {out}")
+               f"{verdicts['defect'] + verdicts['uncertain']} with defects, {len(rows)} defect(s), {report.skipped} kept from before, "
+               f"{len(report.failed)} failed; results in {out} (images.csv: one verdict per image)")
     if report.failed:
         console.print(f"failed images are listed in {report.errors_path}", markup=False)
         raise typer.Exit(1)
+
+
+def print_run_summary(subtypes: "Counter", verdicts: "Counter") -> None:
+    """Defects per subtype and images per verdict, side by side."""
+    from defectkit.export import VERDICTS
+
+    table = Table(box=None, pad_edge=False)
+    table.add_column("subtype")
+    table.add_column("defects", justify="right")
+    table.add_column("  verdict")
+    table.add_column("images", justify="right")
+    subtype_rows = sorted(subtypes.items(), key=lambda item: (-item[1], item[0]))
+    verdict_rows = [(v, verdicts[v]) for v in VERDICTS]
+    for i in range(max(len(subtype_rows), len(verdict_rows))):
+        subtype, count = subtype_rows[i] if i < len(subtype_rows) else ("", "")
+        verdict, images = verdict_rows[i] if i < len(verdict_rows) else ("", "")
+        table.add_row(subtype, str(count), f"  {verdict}", str(images))
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover

@@ -21,6 +21,7 @@ from defectkit.defect import Defect
 from defectkit.geometry import Region
 from defectkit.jsonable import to_jsonable
 from defectkit.images import atomic_write_text, write_png
+from defectkit.taxonomy import UNCERTAIN
 
 UNCLASSIFIED = "defect"  # the COCO category and overlay label of defects nobody has classified
 
@@ -85,6 +86,33 @@ def write_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...] = CSV
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
+
+
+VERDICT_COLUMNS = ("image", "verdict", "defects", "worst_subtype", "worst_confidence", "proposer", "model")
+VERDICTS = ("ok", "defect", "uncertain", "failed")
+
+
+def image_verdict(record: dict) -> dict:
+    """One row per image for ``images.csv``: ``ok`` (no defect), ``defect`` (at least one named
+    defect), ``uncertain`` (only defects the classifier was unsure of); the worst defect is the most
+    confident named one."""
+    defects = record.get("defects") or []
+    named = [d for d in defects if (d.get("subtype") or d.get("category") or UNCLASSIFIED) != UNCERTAIN]
+    verdict = "defect" if named else "uncertain" if defects else "ok"
+    worst = max(named or defects, key=lambda d: d.get("confidence") or 0.0, default=None)
+    return {
+        "image": record["image"], "verdict": verdict, "defects": len(defects),
+        "worst_subtype": (worst.get("subtype") or worst.get("category") or "") if worst else "",
+        "worst_confidence": "" if worst is None or worst.get("confidence") is None else round(float(worst["confidence"]), 4),
+        "proposer": _proposer_name(record.get("proposer") or {}),
+        "model": (record.get("model") or {}).get("path", ""),
+    }
+
+
+def _proposer_name(proposer: dict) -> str:
+    """``auto (classical)`` for auto's choice, else the proposer's name."""
+    chosen = (proposer.get("chose") or {}).get("name")
+    return f"{proposer.get('name', '')} ({chosen})" if chosen else proposer.get("name", "")
 
 
 # --- COCO ----------------------------------------------------------------------------------------

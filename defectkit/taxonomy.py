@@ -11,6 +11,7 @@ from defectkit.errors import TaxonomyError
 from defectkit.yaml_files import load_yaml
 
 BACKGROUND = "background"
+UNCERTAIN = "uncertain"  # what the classifier calls a defect it is not sure of
 UNSAFE_NAME_CHARACTERS = set('/\\:*?"<>|') | {chr(c) for c in range(32)}
 
 

@@ -163,3 +163,19 @@ def test_links_that_lead_nowhere_are_reported_and_a_file_as_out_is_one_line(tmp_
     (tmp_path / "a-file").write_text("not a folder")
     result = segment([src / "part0.jpg"], tmp_path / "a-file")
     assert result.exit_code == 2 and "cannot write into --out" in result.output and "Traceback" not in result.output
+
+
+def test_images_csv_gives_every_image_one_verdict_in_input_order(tmp_path):
+    src, out = parts(tmp_path / "in", 2), tmp_path / "out"
+    write(src / "zclean.jpg", np.full((120, 160, 3), 128, np.uint8))  # nothing to propose
+    (src / "broken.jpg").write_bytes(b"not an image")
+    result = segment([src], out)
+    assert result.exit_code == 1, result.output
+    lines = (out / "images.csv").read_text().splitlines()
+    assert lines[0] == "image,verdict,defects,worst_subtype,worst_confidence,proposer,model"
+    verdicts = {Path(line.split(",")[0]).name: line.split(",")[1] for line in lines[1:]}
+    assert [Path(line.split(",")[0]).name for line in lines[1:]] == ["broken.jpg", "part0.jpg", "part1.jpg", "zclean.jpg"]
+    assert verdicts == {"broken.jpg": "failed", "part0.jpg": "defect", "part1.jpg": "defect", "zclean.jpg": "ok"}
+    (src / "broken.jpg").unlink()
+    assert segment([src], out, "--resume").exit_code == 0
+    assert (out / "images.csv").read_text().splitlines()[1:] == [line for line in lines[1:] if "broken" not in line]

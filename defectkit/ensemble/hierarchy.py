@@ -11,8 +11,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from defectkit.ensemble.stack import StackedEnsemble
+from defectkit.taxonomy import UNCERTAIN
 
-UNCERTAIN = "uncertain"
 
 
 class Hierarchy(ClassifierMixin, BaseEstimator):

@@ -127,6 +127,7 @@ class BatchReport:
     skipped: int = 0  # already had results (resume)
     failed: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    images: list[dict] = field(default_factory=list)  # one verdict row per image, in input order
 
     @property
     def errors_path(self) -> Path:
@@ -232,6 +233,7 @@ def write_results(
     resume: bool = False,
     csv_file: str = "defects.csv",
     coco_file: str | None = "coco.json",
+    verdicts_file: str = "images.csv",
     coco_kind: str = "instances",
     desc: str = "images",
     progress: bool = True,
@@ -240,21 +242,24 @@ def write_results(
     """Take the analysis ``(image record, defects)`` of each image of ``inputs`` from ``outcomes``
     (a generator function, see :func:`read_each`) and write per image ``<name>.json`` (and
     ``<name>.png`` overlays), and for the run the CSV (one row per defect), ``coco_file``
-    (``coco``, a CocoWriter) and ``errors.jsonl``. An image's JSON is written after its
+    (``coco``, a CocoWriter), ``verdicts_file`` (one verdict row per image: ok, defect,
+    uncertain or failed) and ``errors.jsonl``. An image's JSON is written after its
     overlay, so it marks the image done: with ``resume``, images whose JSON (and overlay) are
     already in ``out`` are read back instead of analysed again, and keep their
     place in the CSV and COCO. ``timings`` adds the seconds of ``write``."""
-    from defectkit.export import csv_rows, defects_from_record, dumps, write_csv, write_overlay
+    from defectkit.export import VERDICT_COLUMNS, csv_rows, defects_from_record, dumps, image_verdict, write_csv, write_overlay
 
     out = Path(out)
     paths = expand_inputs(inputs)
     check_out_apart(inputs, paths, out)
     rows: list[dict] = []
+    verdicts: dict[str, dict] = {}
 
     def collect(record: dict) -> None:
         defects = defects_from_record(record)
         coco.add(record["image"], tuple(record["size"]), defects)
         rows.extend(csv_rows(defects))
+        verdicts[record["image"]] = image_verdict(record)
 
     def process(path: Path, name: str, image: np.ndarray, analysis: tuple[dict, list]) -> None:
         record, defects = analysis
@@ -282,8 +287,12 @@ def write_results(
         for stale in out.glob(".*.tmp"):  # half-written by a run that was killed (no run holds the lock now)
             stale.unlink(missing_ok=True)
         report = run_batch(paths, out, outcomes, process, earlier, progress=progress, desc=desc, reserved=reserved)
+        failed = {f["image"] for f in report.failed}
+        report.images = [verdicts.get(str(p)) or {"image": str(p), "verdict": "failed", "defects": 0}
+                         for p in paths if str(p) in verdicts or str(p) in failed]
         try:
             write_csv(out / csv_file, rows)
+            write_csv(out / verdicts_file, report.images, VERDICT_COLUMNS)
             if coco_file:
                 coco.write(out / coco_file, kind=coco_kind)
         except OSError as exc:

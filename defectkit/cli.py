@@ -18,6 +18,8 @@ from defectkit.segmenter.config import TrainProposerConfig
 
 # Defaults come from the options each job takes: stated once, there.
 _EXTRACT, _SEGMENT = ExtractOptions(), SegmentOptions()
+_OVERLAYS = typer.Option("all", help="Overlay pictures for: all images (clean ones get an OK stamp), defects (only images with one), none.")
+_OVERLAY_FORMAT = typer.Option("png", help="png, or jpg (about a fifth of the size).")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find and name surface defects on industrial images.")
 console = Console(stderr=True)
@@ -159,7 +161,8 @@ def segment(
     option: list[str] = typer.Option([], "--option", "-O", help="Proposer setting KEY=VALUE (repeatable), e.g. points_per_side=48."),
     min_area: int = typer.Option(_SEGMENT.min_area, help="Drop regions smaller than this many pixels."),
     polygon_tolerance: float = typer.Option(_SEGMENT.polygon_tolerance, help="Polygon simplification tolerance in pixels."),
-    overlays: bool = typer.Option(_SEGMENT.overlays, help="Write an overlay PNG per image."),
+    overlays: str = _OVERLAYS,
+    overlay_format: str = _OVERLAY_FORMAT,
     resume: bool = typer.Option(_SEGMENT.resume, help="Keep images whose results already exist in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -170,7 +173,8 @@ def segment(
     try:
         chosen = build_proposer(proposer, sam2_checkpoint, sam2_config, annotations, annotation_format, parse_options(option), proposer_model)
         console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
-        options = SegmentOptions(min_area=min_area, polygon_tolerance=polygon_tolerance, overlays=overlays, resume=resume)
+        options = SegmentOptions(min_area=min_area, polygon_tolerance=polygon_tolerance, overlays=overlays,
+                                 overlay_format=overlay_format, resume=resume)
         report = run_segment(inputs, out, chosen, options, progress=not quiet)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
@@ -628,7 +632,8 @@ def classify(
     keep_background: bool = typer.Option(False, help="Also report proposals classified as background."),
     min_area: int = typer.Option(10, help="Drop regions smaller than this many pixels."),
     coco: bool = typer.Option(False, "--coco", help="Also write coco.json for the whole run."),
-    overlays: bool = typer.Option(True, help="Write an overlay PNG per image."),
+    overlays: str = _OVERLAYS,
+    overlay_format: str = _OVERLAY_FORMAT,
     resume: bool = typer.Option(False, help="Keep images whose results already exist in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -644,11 +649,13 @@ def classify(
     # does it, and on busy cores spin-waiting OpenMP / BLAS threads made them many times slower.
     use_one_thread()
     try:
-        classifier = DefectClassifier.load(model, proposer, sam2_checkpoint, sam2_config, proposer_model, parse_options(option),
+        options = ClassifyOptions(coco=coco, overlays=overlays, overlay_format=overlay_format, resume=resume)
+        proposer_options = parse_options(option)  # both checked before the model loads
+        classifier = DefectClassifier.load(model, proposer, sam2_checkpoint, sam2_config, proposer_model, proposer_options,
                                            min_area=min_area, min_confidence=min_confidence, keep_background=keep_background)
         chosen = classifier.proposer
         console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
-        report, rows = classify_images(inputs, out, classifier, ClassifyOptions(coco=coco, overlays=overlays, resume=resume), progress=not quiet)
+        report, rows = classify_images(inputs, out, classifier, options, progress=not quiet)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
     verdicts = Counter(r["verdict"] for r in report.images)

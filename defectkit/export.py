@@ -12,6 +12,7 @@ import io
 import json
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -20,7 +21,7 @@ from pycocotools import mask as mask_utils
 from defectkit.defect import Defect
 from defectkit.geometry import Region
 from defectkit.jsonable import to_jsonable
-from defectkit.images import atomic_write_text, write_png
+from defectkit.images import atomic_write_bytes, atomic_write_text, write_png
 from defectkit.taxonomy import UNCERTAIN
 
 UNCLASSIFIED = "defect"  # the COCO category and overlay label of defects nobody has classified
@@ -203,18 +204,27 @@ class CocoWriter:
 
 
 # --- overlay -------------------------------------------------------------------------------------
-PALETTE = [  # colour-blind friendly (Okabe-Ito and Tableau), RGB
-    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
-    (213, 94, 0), (204, 121, 167), (255, 127, 14), (148, 103, 189), (23, 190, 207),
+# Saturated colours of middle lightness, each outlined in black: they stand out on dark and on light
+# gray parts alike. A class takes the colour of its place in the taxonomy, so neighbouring classes
+# never share one (a hash of the name gave fray, blowhole and crack nearly the same orange).
+PALETTE = [
+    (255, 128, 0), (0, 190, 255), (235, 0, 235), (0, 210, 80), (255, 215, 0),
+    (150, 90, 255), (0, 200, 180), (255, 90, 160), (170, 230, 0), (255, 170, 120),
 ]
-UNCLASSIFIED_COLOUR = (255, 64, 64)
+UNCLASSIFIED_COLOUR = (255, 40, 40)
+OK_COLOUR = (0, 200, 80)
+OVERLAYS = ("all", "defects", "none")  # which images get an overlay
+OVERLAY_FORMATS = ("png", "jpg")
 
 
-def colour_of(name: str | None) -> tuple[int, int, int]:
-    """A fixed colour per subtype name (the same in every run and image); red when unclassified."""
+def colour_of(name: str | None, classes: Sequence[str] = ()) -> tuple[int, int, int]:
+    """The colour of a class: by its place in ``classes`` (the taxonomy's order), else fixed by its
+    name; red when unclassified."""
     if not name:
         return UNCLASSIFIED_COLOUR
-    return PALETTE[zlib.crc32(name.encode("utf-8")) % len(PALETTE)]
+    if name in classes:
+        return PALETTE[list(classes).index(name) % len(PALETTE)]
+    return PALETTE[zlib.crc32(name.encode("utf-8", errors="surrogateescape")) % len(PALETTE)]
 
 
 def label_of(d: Defect) -> str:
@@ -224,42 +234,79 @@ def label_of(d: Defect) -> str:
     return f"#{d.id}"
 
 
-def overlay(image: np.ndarray, defects: list[Defect], fill: float = 0.25) -> np.ndarray:
-    """The image (RGB, same size) with each defect's outline and a translucent fill in its
-    subtype's colour (saturated colours stand out on gray parts), and its label (subtype and
-    confidence, or #id) in white on a dark plate edged in that colour, readable on any background."""
+def overlay(image: np.ndarray, defects: list[Defect], classes: Sequence[str] = (), fill: float = 0.25) -> np.ndarray:
+    """The image (RGB, same size) with each defect's outline (in its class's colour over a black
+    edge) and a translucent fill, its label (class and confidence, or #id) in white on a dark plate,
+    a legend of the classes shown, or an OK stamp when there is no defect."""
     canvas = image.copy() if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
     height, width = canvas.shape[:2]
     thickness = max(1, round(min(height, width) / 300))
     filled = canvas.copy()
+    outlines = []
     for d in defects:
-        colour = colour_of(d.subtype or d.category)
+        colour = colour_of(d.subtype or d.category, classes)
         rings = [np.asarray(d.polygon, dtype=np.int32)] + [np.asarray(h, dtype=np.int32) for h in d.holes]
         inside = np.zeros((height, width), dtype=np.uint8)
         cv2.fillPoly(inside, rings[:1], 1)
         if len(rings) > 1:
             cv2.fillPoly(inside, rings[1:], 0)
         filled[inside.astype(bool)] = colour
-        cv2.polylines(canvas, rings, isClosed=True, color=colour, thickness=thickness, lineType=cv2.LINE_AA)
+        outlines.append((rings, colour))
     canvas = cv2.addWeighted(filled, fill, canvas, 1 - fill, 0)
+    for rings, colour in outlines:
+        cv2.polylines(canvas, rings, isClosed=True, color=(0, 0, 0), thickness=thickness + 2, lineType=cv2.LINE_AA)
+        cv2.polylines(canvas, rings, isClosed=True, color=colour, thickness=thickness, lineType=cv2.LINE_AA)
     for d in defects:
-        _label(canvas, label_of(d), d.bbox, colour_of(d.subtype or d.category))
+        _plate(canvas, label_of(d), d.bbox, colour_of(d.subtype or d.category, classes))
+    if not defects:
+        _plate(canvas, "OK", (2, 2, 0, 0), OK_COLOUR, below=True)
+    else:
+        shown = list(dict.fromkeys(d.subtype or d.category or UNCLASSIFIED for d in defects))
+        _legend(canvas, [(name, colour_of(None if name == UNCLASSIFIED else name, classes)) for name in shown])
     return canvas
 
 
-def _label(canvas: np.ndarray, text: str, bbox, colour) -> None:
+def _text_scale(canvas: np.ndarray) -> float:
+    return max(0.35, min(canvas.shape[:2]) / 700)
+
+
+def _plate(canvas: np.ndarray, text: str, bbox, colour, below: bool = False) -> None:
+    """``text`` in white on a dark plate edged in ``colour``, above the box (or below it)."""
     height, width = canvas.shape[:2]
-    scale = max(0.35, min(height, width) / 700)
-    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale, font = _text_scale(canvas), cv2.FONT_HERSHEY_SIMPLEX
     (tw, th), base = cv2.getTextSize(text, font, scale, 1)
     x, y, _, h = bbox
     x = int(min(max(0, x), max(0, width - tw - 4)))
-    top = y - th - base - 4 if y - th - base - 4 >= 0 else min(height - th - base - 4, y + h + 2)
-    top = int(max(0, top))
+    above = y - th - base - 4
+    top = int(max(0, y if below else above if above >= 0 else min(height - th - base - 4, y + h + 2)))
     cv2.rectangle(canvas, (x, top), (x + tw + 4, top + th + base + 4), (20, 20, 20), thickness=-1)
     cv2.rectangle(canvas, (x, top), (x + tw + 4, top + th + base + 4), colour, thickness=1)
     cv2.putText(canvas, text, (x + 2, top + th + 2), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
-def write_overlay(path: str | Path, image: np.ndarray, defects: list[Defect]) -> None:
-    write_png(path, overlay(image, defects))
+def _legend(canvas: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> None:
+    """A swatch and name per class shown, bottom left, on a dark plate."""
+    height = canvas.shape[0]
+    scale, font = _text_scale(canvas), cv2.FONT_HERSHEY_SIMPLEX
+    sizes = [cv2.getTextSize(name, font, scale, 1) for name, _ in entries]
+    line = max(th + base for (_, th), base in sizes) + 4
+    swatch = line - 6
+    panel_w = max(tw for (tw, _), _ in sizes) + swatch + 12
+    top = max(0, height - line * len(entries) - 4)
+    cv2.rectangle(canvas, (0, top), (panel_w, height), (20, 20, 20), thickness=-1)
+    for i, (name, colour) in enumerate(entries):
+        y = top + 2 + i * line
+        cv2.rectangle(canvas, (4, y + 3), (4 + swatch, y + 3 + swatch), colour, thickness=-1)
+        cv2.putText(canvas, name, (8 + swatch, y + line - 6), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def write_overlay(path: str | Path, image: np.ndarray, defects: list[Defect], classes: Sequence[str] = ()) -> None:
+    """PNG, or JPEG (quality 90, a fifth of the size) when ``path`` ends in .jpg."""
+    picture = overlay(image, defects, classes)
+    if Path(path).suffix.lower() == ".jpg":
+        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise OSError(f"could not encode JPEG for {path}")
+        atomic_write_bytes(path, encoded.tobytes())
+    else:
+        write_png(path, picture)

@@ -179,3 +179,18 @@ def test_images_csv_gives_every_image_one_verdict_in_input_order(tmp_path):
     (src / "broken.jpg").unlink()
     assert segment([src], out, "--resume").exit_code == 0
     assert (out / "images.csv").read_text().splitlines()[1:] == [line for line in lines[1:] if "broken" not in line]
+
+
+def test_overlays_for_defects_only_as_jpeg_and_an_ok_stamp_on_clean_images(tmp_path):
+    src, out = parts(tmp_path / "in", 1), tmp_path / "out"
+    write(src / "zclean.jpg", np.full((120, 160, 3), 128, np.uint8))
+    assert segment([src], out, "--overlays", "defects", "--overlay-format", "jpg").exit_code == 0
+    assert (out / "part0.jpg").is_file() and not (out / "zclean.jpg").exists() and not list(out.glob("*.png"))
+    again = segment([src], out, "--overlays", "defects", "--overlay-format", "jpg", "--resume")
+    assert again.exit_code == 0 and "2 kept from before" in again.output, again.output
+    everything = tmp_path / "all"
+    assert segment([src], everything).exit_code == 0
+    stamped = cv2.cvtColor(cv2.imread(str(everything / "zclean.png")), cv2.COLOR_BGR2RGB)
+    assert (stamped[:20, :30] != 128).any() and (stamped[60:, 60:] == 128).all()  # OK in a corner, the rest untouched
+    bad = segment([src], tmp_path / "x", "--overlays", "some")
+    assert bad.exit_code == 2 and "--overlays must be one of all, defects, none" in bad.output

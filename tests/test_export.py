@@ -115,3 +115,12 @@ def test_overlay_png_has_the_image_size_and_colours_by_subtype(tmp_path, defects
         assert (np.abs(coloured.astype(int) - np.array(colour_of(name))).sum(axis=2) < 40).any()
     assert colour_of("blowhole") != colour_of("crack")
     assert not np.array_equal(coloured, image)  # the gray input is not modified in place
+
+
+def test_classes_take_distinct_colours_by_their_place_in_the_taxonomy():
+    from defectkit.export import PALETTE, colour_of
+
+    classes = ["break", "crack", "fray", "blowhole", "uneven", "uncertain"]
+    colours = [colour_of(c, classes) for c in classes]
+    assert len(set(colours)) == len(classes) and colours[0] == PALETTE[0]
+    assert colour_of("unknown") in PALETTE and colour_of(None) not in PALETTE

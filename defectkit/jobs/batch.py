@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -224,12 +224,20 @@ def _write_errors(report: BatchReport) -> None:
                              "are kept: make room and run again with --resume") from exc
 
 
+def check_overlay_options(overlays: str, overlay_format: str) -> None:
+    from defectkit.export import OVERLAY_FORMATS, OVERLAYS
+
+    if overlays not in OVERLAYS or overlay_format not in OVERLAY_FORMATS:
+        raise DefectkitError(f"--overlays must be one of {', '.join(OVERLAYS)} and --overlay-format one of "
+                             f"{', '.join(OVERLAY_FORMATS)}; got {overlays!r}, {overlay_format!r}")
+
+
 def write_results(
     inputs: list[str | Path],
     out: str | Path,
     outcomes: Outcomes,
     coco,
-    overlays: bool = True,
+    overlays: str = "all",
     resume: bool = False,
     csv_file: str = "defects.csv",
     coco_file: str | None = "coco.json",
@@ -238,10 +246,13 @@ def write_results(
     desc: str = "images",
     progress: bool = True,
     timings: Timings | None = None,
+    overlay_format: str = "png",
+    classes: Sequence[str] = (),
 ) -> tuple[BatchReport, list[dict]]:
     """Take the analysis ``(image record, defects)`` of each image of ``inputs`` from ``outcomes``
-    (a generator function, see :func:`read_each`) and write per image ``<name>.json`` (and
-    ``<name>.png`` overlays), and for the run the CSV (one row per defect), ``coco_file``
+    (a generator function, see :func:`read_each`) and write per image ``<name>.json`` and, as
+    ``overlays`` says (all, defects: only images with one, none), ``<name>.png`` (or .jpg) overlays
+    coloured by ``classes``; and for the run the CSV (one row per defect), ``coco_file``
     (``coco``, a CocoWriter), ``verdicts_file`` (one verdict row per image: ok, defect,
     uncertain or failed) and ``errors.jsonl``. An image's JSON is written after its
     overlay, so it marks the image done: with ``resume``, images whose JSON (and overlay) are
@@ -249,9 +260,11 @@ def write_results(
     place in the CSV and COCO. ``timings`` adds the seconds of ``write``."""
     from defectkit.export import VERDICT_COLUMNS, csv_rows, defects_from_record, dumps, image_verdict, write_csv, write_overlay
 
+    check_overlay_options(overlays, overlay_format)
     out = Path(out)
     paths = expand_inputs(inputs)
     check_out_apart(inputs, paths, out)
+    drawn = lambda defects: overlays == "all" or (overlays == "defects" and bool(defects))  # noqa: E731
     rows: list[dict] = []
     verdicts: dict[str, dict] = {}
 
@@ -264,8 +277,8 @@ def write_results(
     def process(path: Path, name: str, image: np.ndarray, analysis: tuple[dict, list]) -> None:
         record, defects = analysis
         with stage(timings, "write"):
-            if overlays:
-                write_overlay(out / f"{name}.png", image, defects)
+            if drawn(defects):
+                write_overlay(out / f"{name}.{overlay_format}", image, defects, classes)
             text = dumps(record)
             atomic_write_text(out / f"{name}.json", text)  # last: an image is done when its JSON is there
             # the CSV and COCO from the record as a resumed run reads it back: the same files either way
@@ -273,13 +286,15 @@ def write_results(
 
     def earlier(path: Path, name: str):
         result = out / f"{name}.json"
-        if not (resume and result.is_file()) or (overlays and not (out / f"{name}.png").is_file()):
+        if not (resume and result.is_file()):
             return None
         try:
             record = json.loads(result.read_text())
             defects_from_record(record)
         except (ValueError, KeyError, TypeError):
             return None  # an unreadable earlier result: do the image again
+        if drawn(record["defects"]) and not (out / f"{name}.{overlay_format}").is_file():
+            return None
         return lambda: collect(record)
 
     reserved = {Path(coco_file).stem} if coco_file else set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from defectkit.jobs.batch import BatchReport, write_results
+from defectkit.jobs.batch import BatchReport, check_overlay_options, write_results
 from defectkit.export import CocoWriter
 from defectkit.pipeline import CHUNK_IMAGES, UNCERTAIN, DefectClassifier
 from defectkit.timing import Timings
@@ -23,10 +23,14 @@ COCO_FILE = "coco.json"
 @dataclass(frozen=True)
 class ClassifyOptions:
     coco: bool = False
-    overlays: bool = True
+    overlays: str = "all"  # all | defects | none
+    overlay_format: str = "png"  # png | jpg
     resume: bool = False
     chunk_size: int = CHUNK_IMAGES  # images embedded and classified together
     workers: int = 1  # a thread proposing ahead (0: none)
+
+    def __post_init__(self):
+        check_overlay_options(self.overlays, self.overlay_format)
 
 
 def classify_images(inputs: list[str | Path], out: str | Path, classifier: DefectClassifier,
@@ -44,4 +48,5 @@ def classify_images(inputs: list[str | Path], out: str | Path, classifier: Defec
 
     return write_results(inputs, out, outcomes, coco, overlays=options.overlays, resume=options.resume,
                          csv_file=SUMMARY_CSV, coco_file=COCO_FILE if options.coco else None,
-                         desc="classify", progress=progress, timings=timings)
+                         desc="classify", progress=progress, timings=timings, overlay_format=options.overlay_format,
+                         classes=[*taxonomy.subtypes, UNCERTAIN])

@@ -27,7 +27,8 @@ CSV_FILE = "defects.csv"
 class SegmentOptions:
     min_area: int = 10  # regions smaller than this many pixels are dropped
     polygon_tolerance: float = 1.0
-    overlays: bool = True
+    overlays: str = "all"  # all | defects | none
+    overlay_format: str = "png"  # png | jpg
     resume: bool = False  # keep results already in the output folder
 
 
@@ -39,6 +40,6 @@ def segment(inputs: list[str | Path], out: str | Path, proposer: Proposer, optio
         defects = polygonize(masks, image, path, options.min_area, options.polygon_tolerance)
         return image_record(path, (image.shape[1], image.shape[0]), defects, proposer=description), defects
 
-    report, _ = write_results(inputs, out, read_each(analyse), CocoWriter(), overlays=options.overlays, resume=options.resume,
+    report, _ = write_results(inputs, out, read_each(analyse), CocoWriter(), overlays=options.overlays, overlay_format=options.overlay_format, resume=options.resume,
                               csv_file=CSV_FILE, coco_file=COCO_FILE, desc="segment", progress=progress)
     return report

@@ -65,8 +65,9 @@ class Bundle:
     spec: FeatureSpec
     _embedder: Any = field(default=None, repr=False)
 
-    def embedder(self):
-        """The backbone exactly as trained (weights from the bundle), built once."""
+    def embedder(self, device: str | None = None):
+        """The backbone exactly as trained (weights from the bundle), built once (on ``device``, by
+        default CUDA when present)."""
         if self._embedder is None and self.spec.embedding:
             from defectkit.embed import Embedder
 
@@ -76,6 +77,7 @@ class Bundle:
                 weights=self.path / backbone["file"],
                 image_size=backbone["image_size"],
                 mask_mode=backbone["mask_mode"],
+                device=device,
             )
             if embedder.weights_sha256 != backbone["weights_sha256"]:
                 raise DefectkitError(

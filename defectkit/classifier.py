@@ -44,9 +44,11 @@ class ClassifierConfig:
     flat: bool = False
     learner_params: tuple[tuple[str, float | int | str], ...] = ()
     seed: int = 0
+    device: str | None = None  # where the backbone embeds (default CUDA when present); not part of the model
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data.pop("device")
         data["weights"] = str(self.weights) if self.weights is not None else None
         return data
 
@@ -59,7 +61,7 @@ class ClassifierConfig:
         from defectkit.embed import Embedder
 
         weights = Path(self.weights) if self.weights not in (None, "default", "random", "hub") else self.weights
-        return Embedder(self.backbone, weights, self.image_size, self.mask_mode, seed=self.seed)
+        return Embedder(self.backbone, weights, self.image_size, self.mask_mode, device=self.device, seed=self.seed)
 
     def stack(self, spec: FeatureSpec, estimators=None) -> StackedEnsemble:
         members = default_estimators(self.seed) if estimators is None else estimators

@@ -18,6 +18,7 @@ from defectkit.segmenter.config import TrainProposerConfig
 
 # Defaults come from the options each job takes: stated once, there.
 _EXTRACT, _SEGMENT = ExtractOptions(), SegmentOptions()
+_DEVICE = typer.Option(None, help="cpu, cuda or cuda:N; default cuda when present.")
 _OVERLAYS = typer.Option("all", help="Overlay pictures for: all images (clean ones get an OK stamp), defects (only images with one), none.")
 _OVERLAY_FORMAT = typer.Option("png", help="png, or jpg (about a fifth of the size).")
 
@@ -164,6 +165,7 @@ def segment(
     overlays: str = _OVERLAYS,
     overlay_format: str = _OVERLAY_FORMAT,
     resume: bool = typer.Option(_SEGMENT.resume, help="Keep images whose results already exist in --out."),
+    device: Optional[str] = _DEVICE,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Propose defect masks and write their polygons: per-image JSON and overlay, coco.json, defects.csv."""
@@ -171,10 +173,11 @@ def segment(
     from defectkit.jobs.segment import SegmentOptions, segment as run_segment
 
     try:
-        chosen = build_proposer(proposer, sam2_checkpoint, sam2_config, annotations, annotation_format, parse_options(option), proposer_model)
-        console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
         options = SegmentOptions(min_area=min_area, polygon_tolerance=polygon_tolerance, overlays=overlays,
                                  overlay_format=overlay_format, resume=resume)
+        chosen = build_proposer(proposer, sam2_checkpoint, sam2_config, annotations, annotation_format, parse_options(option),
+                                proposer_model, device=device and _device(device))
+        console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
         report = run_segment(inputs, out, chosen, options, progress=not quiet)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
@@ -206,7 +209,7 @@ def finetune_sam2(
     seed: int = typer.Option(0, help="Seed of the split and of prompt sampling."),
     min_area: int = typer.Option(10, help="Ignore regions smaller than this many pixels."),
     mask_threshold: int = typer.Option(127, help="A mask pixel is set where its value is above this."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    device: Optional[str] = _DEVICE,
     resume: bool = typer.Option(False, "--resume", help="Continue the run that wrote --out (from OUT.train-state.pt)."),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Evaluate base and fine-tuned on the held-out images afterwards."),
     amg_points_per_side: int = typer.Option(16, help="Point grid side of the automatic mask generator in the evaluation (0: skip it)."),
@@ -284,7 +287,7 @@ def evaluate_sam2(
     sam2_checkpoint: Path = typer.Option(..., help="Checkpoint to evaluate (with --fractions: the base to fine-tune from)."),
     compare: list[Path] = typer.Option([], help="Other checkpoints (e.g. a fine-tuned one) to evaluate side by side; repeatable."),
     fractions: Optional[str] = typer.Option(None, help="Data study: fine-tune from --sam2-checkpoint on these shares of the training images, e.g. 0.1,0.25,0.5,1."),
-    out_dir: Path = typer.Option(Path("out/sam2-study"), help="Where the study writes its checkpoints, fractions.csv/.md and fractions.png."),
+    out_dir: Path = typer.Option(Path("out/sam2-study"), "--out", "-o", "--out-dir", help="Where the study writes its checkpoints, fractions.csv/.md and fractions.png."),
     format: str = typer.Option("masks", "--format", "-f", help="masks | coco"),
     taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", "-t", help="Taxonomy YAML (subtypes by name); without it, raw labels."),
     val_fraction: float = typer.Option(0.2, help="Held-out share per label: use the value the checkpoint was trained with."),
@@ -297,7 +300,7 @@ def evaluate_sam2(
     train_image_encoder: bool = typer.Option(False, "--train-image-encoder", help="Study: also train the image encoder."),
     min_area: int = typer.Option(10, help="Ignore regions smaller than this many pixels."),
     mask_threshold: int = typer.Option(127, help="A mask pixel is set where its value is above this."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    device: Optional[str] = _DEVICE,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Score SAM2 checkpoints on held-out images (box/point mIoU and automatic recall per subtype), side by side; with --fractions, a study of how much training data fine-tuning needs."""
@@ -362,7 +365,7 @@ def train_proposer(
     backbone_weights: Optional[str] = typer.Option(None, help="Start the encoder from a defectkit backbone file (e.g. checkpoints/defectkit-backbone.safetensors); default random."),
     val_fraction: float = typer.Option(_PROPOSER_DEFAULTS.val_fraction, help="Share of the images held out to stop early and choose the threshold."),
     seed: int = typer.Option(_PROPOSER_DEFAULTS.seed, help="Seed: split, crops and initial weights."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda; default cuda when present (bf16 autocast)."),
+    device: Optional[str] = _DEVICE,
     log_dir: Optional[Path] = typer.Option(None, help="TensorBoard folder (written when tensorboard is installed)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -409,8 +412,8 @@ def pretrain(
     init: str = typer.Option("random", help="random, hub (timm pretrained weights, needs internet) or a weights file."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine decay)."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same weights."),
-    logdir: Optional[Path] = typer.Option(None, help="TensorBoard log folder (needs tensorboard)."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda; default cuda when present."),
+    logdir: Optional[Path] = typer.Option(None, "--log-dir", "--logdir", help="TensorBoard log folder (needs tensorboard)."),
+    device: Optional[str] = _DEVICE,
 ):
     """Contrastively pretrain a timm backbone on defect crops (resumes from OUT.state.pt if present)."""
     from defectkit.jobs.pretrain import PretrainConfig, pretrain as run_pretrain
@@ -425,12 +428,13 @@ def pretrain(
                f"on {summary['data']['crops']} crops, final loss {summary['final_loss']:.4f}")
 
 
-def _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, reject=None):
+def _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, reject=None, device=None):
     from defectkit.classifier import ClassifierConfig
 
     return ClassifierConfig(
         backbone=backbone, weights=backbone_weights or "default", image_size=image_size, mask_mode=mask_mode,
         embedding=not no_embedding, texture=texture, pca=pca or None, rejection_threshold=reject, seed=seed,
+        device=device and _device(device),
     )
 
 
@@ -464,10 +468,11 @@ def train(
     texture: bool = _TEXTURE,
     no_embedding: bool = _NO_EMBEDDING,
     pca: int = _PCA,
-    reject: Optional[float] = typer.Option(None, "--reject", help="Report a defect as 'uncertain' when its subtype probability is below this."),
+    reject: Optional[float] = typer.Option(None, "--min-confidence", "--reject", help="Report a defect as 'uncertain' when its subtype probability is below this (stored in the bundle; classify --min-confidence overrides it)."),
     cv: int = typer.Option(5, "--cv", help="Folds (grouped by source image) for the printed quality estimate; 0 skips it."),
     proposer_model: Optional[Path] = typer.Option(None, help="A proposer bundle (from train-proposer) for the model to carry; classify then uses it."),
     seed: int = _SEED,
+    device: Optional[str] = _DEVICE,
     no_cache: bool = _NO_CACHE,
     quiet: bool = _QUIET,
 ):
@@ -478,7 +483,7 @@ def train(
 
     use_one_thread()  # see defectkit.threads: spin-waiting threads slow the fit on busy cores
     try:
-        config = _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, reject)
+        config = _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, reject, device)
         result = run_train(dataset, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), progress=not quiet, proposer=proposer_model)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
@@ -505,6 +510,7 @@ def tune(
     mask_mode: Optional[str] = _MASK_MODE,
     no_embedding: bool = typer.Option(False, "--no-embedding", help="Search only settings without the backbone's embedding."),
     seed: int = _SEED,
+    device: Optional[str] = _DEVICE,
     no_cache: bool = _NO_CACHE,
     quiet: bool = _QUIET,
 ):
@@ -518,7 +524,7 @@ def tune(
     if trials < 1:
         _fail(DefectkitError(f"--trials must be at least 1, got {trials}"))
     try:
-        config = _config(backbone, backbone_weights, image_size, mask_mode, False, no_embedding, 32, seed)
+        config = _config(backbone, backbone_weights, image_size, mask_mode, False, no_embedding, 32, seed, device=device)
         options = TuneOptions(trials=trials, cv=cv, storage=storage, study=study, timeout=timeout, final=not no_final)
         result = run_tune(dataset, Taxonomy.load(taxonomy), out, config, options, _cache(no_cache), progress=not quiet,
                           log=lambda line: Console().print(line, soft_wrap=True))
@@ -536,7 +542,7 @@ def evaluate(
     dataset: Path = typer.Argument(..., help="Labelled crop data set (folder with manifest.jsonl)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Trained bundle to evaluate on DATASET (held out)."),
     taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", "-t", help="Taxonomy YAML (with --cv)."),
-    cv: int = typer.Option(0, "--cv", help="Cross-validate with K folds grouped by source image (needs --taxonomy)."),
+    cv: Optional[int] = typer.Option(None, "--cv", help="Cross-validate with K folds grouped by source image (with --taxonomy; default 5, as train's)."),
     baselines: bool = typer.Option(False, "--baselines", help="With --cv: also score each base learner alone and the flat stack, on the same folds."),
     report: Optional[Path] = typer.Option(None, "--report", "-r", help="Write the report JSON here."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write confusion-matrix PNGs into this folder."),
@@ -548,6 +554,7 @@ def evaluate(
     no_embedding: bool = _NO_EMBEDDING,
     pca: int = _PCA,
     seed: int = _SEED,
+    device: Optional[str] = _DEVICE,
     no_cache: bool = _NO_CACHE,
     quiet: bool = _QUIET,
 ):
@@ -558,14 +565,16 @@ def evaluate(
 
     use_one_thread()  # see defectkit.threads
     try:
+        if cv is None:
+            cv = 0 if model is not None else 5
         if (model is None) == (cv == 0) or (cv and taxonomy is None):
-            raise DefectkitError("give either --model DIR (held-out evaluation) or --taxonomy FILE --cv K (cross-validation)")
+            raise DefectkitError("give either --model DIR (held-out evaluation) or --taxonomy FILE [--cv K] (cross-validation)")
         if baselines and not cv:
             raise DefectkitError("--baselines needs --cv K")
         if model is not None:
-            result = evaluate_bundle(dataset, model, _cache(no_cache), progress=not quiet)
+            result = evaluate_bundle(dataset, model, _cache(no_cache), progress=not quiet, device=device and _device(device))
         else:
-            config = _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed)
+            config = _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, device=device)
             result = evaluate_cv(dataset, Taxonomy.load(taxonomy), config, cv, baselines, _cache(no_cache), not quiet).to_dict()
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
@@ -635,14 +644,17 @@ def classify(
     overlays: str = _OVERLAYS,
     overlay_format: str = _OVERLAY_FORMAT,
     resume: bool = typer.Option(False, help="Keep images whose results already exist in --out."),
+    device: Optional[str] = _DEVICE,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
-    """Find and classify the defects on images: per-image JSON and overlay, summary.csv, errors.jsonl."""
+    """Find and classify the defects on images: per-image JSON and overlay, images.csv (a verdict per
+    image), summary.csv (a row per defect), errors.jsonl."""
     from collections import Counter
 
+    from defectkit.jobs.batch import expand_inputs
     from defectkit.jobs.classify import ClassifyOptions, classify_images
     from defectkit.pipeline import DefectClassifier
-    from defectkit.propose import parse_options
+    from defectkit.propose import parse_options, proposer_names
     from defectkit.threads import use_one_thread
 
     # An image's crops make a batch of a handful and its classification a few rows: one thread
@@ -650,9 +662,13 @@ def classify(
     use_one_thread()
     try:
         options = ClassifyOptions(coco=coco, overlays=overlays, overlay_format=overlay_format, resume=resume)
-        proposer_options = parse_options(option)  # both checked before the model loads
+        proposer_options = parse_options(option)  # these, the inputs and the proposer's name checked before the model loads
+        expand_inputs(inputs)
+        if proposer not in proposer_names():
+            raise DefectkitError(f"unknown proposer {proposer!r}; choose one of: {', '.join(proposer_names())}")
+        device = device and _device(device)
         classifier = DefectClassifier.load(model, proposer, sam2_checkpoint, sam2_config, proposer_model, proposer_options,
-                                           min_area=min_area, min_confidence=min_confidence, keep_background=keep_background)
+                                           device=device, min_area=min_area, min_confidence=min_confidence, keep_background=keep_background)
         chosen = classifier.proposer
         console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
         report, rows = classify_images(inputs, out, classifier, options, progress=not quiet)

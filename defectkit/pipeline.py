@@ -74,17 +74,17 @@ class DefectClassifier:
     @classmethod
     def load(cls, model_dir: str | Path, proposer: str | Proposer = "auto", sam2_checkpoint: str | None = None,
              sam2_config: str | None = None, proposer_model: str | Path | None = None, proposer_options: dict | None = None,
-             **options) -> "DefectClassifier":
+             device: str | None = None, **options) -> "DefectClassifier":
         """Load a bundle (checked file by file) and build the proposer by name (or take one given).
         ``auto``, ``learned``, ``hybrid`` and ``union`` use the bundle's own learned proposer unless
-        ``proposer_model`` names another."""
+        ``proposer_model`` names another. ``device``: where the networks run (default CUDA when present)."""
         bundle = load_bundle(model_dir)
-        bundle.embedder()  # load the backbone now, once, not on the first image
+        bundle.embedder(device)  # load the backbone now, once, not on the first image
         if isinstance(proposer, str):
             if proposer_model is None and proposer in ("auto", "learned", "hybrid", "union") and bundle.proposer_path:
                 proposer_model = bundle.proposer_path
             proposer = build_proposer(proposer, sam2_checkpoint=sam2_checkpoint, sam2_config=sam2_config, options=proposer_options,
-                                      proposer_model=str(proposer_model) if proposer_model else None)
+                                      proposer_model=str(proposer_model) if proposer_model else None, device=device)
         return cls(bundle, proposer, **options)
 
     def classify(self, image: np.ndarray | str | Path, image_path: str | Path | None = None, timings: Timings | None = None) -> Result:

@@ -67,12 +67,30 @@ class Registry:
         """Build the component registered as ``name`` with ``options``."""
         factory = self.get(name)
         try:
-            inspect.signature(factory).bind(**options)
+            signature = inspect.signature(factory)
+            signature.bind(**options)
         except TypeError as exc:
             raise DefectkitError(f"{self.kind} {name!r} does not take options {sorted(options)}: {exc}") from exc
         except ValueError:  # no introspectable signature: let the call decide
-            pass
+            return factory(**options)
+        for key, value in options.items():
+            default = signature.parameters[key].default if key in signature.parameters else inspect.Parameter.empty
+            if not _same_kind(default, value):
+                raise DefectkitError(f"{self.kind} {name!r}: option {key} must be {type(default).__name__} like its "
+                                     f"default {default!r}, got {value!r}")
         return factory(**options)
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    """A number where the default is a number, a yes/no where it is one; None (off) and anything
+    else goes."""
+    if value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True
 
 
 def _import(target: str, what: str) -> Callable:

@@ -194,3 +194,19 @@ def test_overlays_for_defects_only_as_jpeg_and_an_ok_stamp_on_clean_images(tmp_p
     assert (stamped[:20, :30] != 128).any() and (stamped[60:, 60:] == 128).all()  # OK in a corner, the rest untouched
     bad = segment([src], tmp_path / "x", "--overlays", "some")
     assert bad.exit_code == 2 and "--overlays must be one of all, defects, none" in bad.output
+
+
+def test_a_missing_input_or_a_bad_option_is_an_error_before_anything_runs(tmp_path):
+    result = segment([tmp_path / "nowhere"], tmp_path / "out")
+    assert result.exit_code == 2 and "input not found" in result.output and str(tmp_path / "nowhere") in result.output
+    assert not (tmp_path / "out").exists()
+    listing = tmp_path / "list.txt"
+    write(tmp_path / "a.jpg", pored(1))
+    listing.write_text("a.jpg\ngone.jpg\n")  # a stale line in a list: one failed image, not a failed run
+    result = segment([listing], tmp_path / "out")
+    assert result.exit_code == 1 and "1 failed" in result.output
+    result = segment([tmp_path / "a.jpg"], tmp_path / "out2", "-O", "dark_threshold=abc")
+    assert result.exit_code == 2 and "option dark_threshold must be float" in result.output
+    result = CliRunner().invoke(app, ["classify", str(tmp_path / "a.jpg"), "-m", str(tmp_path / "no-model"), "-o",
+                                      str(tmp_path / "out3"), "-p", "nonsense"])
+    assert result.exit_code == 2 and "unknown proposer 'nonsense'" in result.output

@@ -36,7 +36,12 @@ LIST_SUFFIXES = (".txt", ".lst")
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     """Image paths from files, folders (recursed; mask files beside their images are skipped) and
     text files listing one path per line (relative to the list's folder; ``#`` starts a comment).
-    Order is kept, duplicates dropped; a path that does not exist is kept, to be reported as failed."""
+    Order is kept, duplicates dropped. A path given here that does not exist is an error before
+    anything runs; one listed in a text file is kept, to be reported as failed (one stale line
+    must not stop a list of thousands)."""
+    missing = [str(i) for i in inputs if not Path(i).exists() and not Path(i).is_symlink()]
+    if missing:
+        raise DefectkitError(f"input not found: {', '.join(missing[:5])}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
     out: list[Path] = []
     for item in inputs:
         path = Path(item)

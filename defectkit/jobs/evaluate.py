@@ -138,11 +138,12 @@ def evaluate_cv(
         return cross_validate(X, crops, taxonomy, config, spec, k, baselines, progress)
 
 
-def evaluate_bundle(dataset: str | Path, model_dir: str | Path, cache=None, progress: bool = True) -> dict:
+def evaluate_bundle(dataset: str | Path, model_dir: str | Path, cache=None, progress: bool = True, device: str | None = None) -> dict:
     """``defectkit evaluate DATASET --model DIR``: a trained bundle on a held-out crop data set."""
     from defectkit.bundle import load_bundle
 
     bundle = load_bundle(model_dir)
+    bundle.embedder(device)
     crops = load_labelled(dataset, bundle.taxonomy)
     X = bundle.features(crops.records, cache, progress)
     category, subtype, *_ = decide(bundle.model, X)

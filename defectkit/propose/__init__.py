@@ -44,10 +44,12 @@ def build_proposer(
     annotation_format: str = "masks",
     options: dict | None = None,
     proposer_model: str | None = None,
+    device: str | None = None,
 ) -> Proposer:
     """A proposer from the command line's flags: each flag goes to the proposers that use it
     (``--sam2-*`` to sam2, hybrid and auto; ``--annotations`` to given; ``--proposer-model`` to
-    learned, to auto, to hybrid as its source and to union's learned member); ``options`` go as given."""
+    learned, to auto, to hybrid as its source and to union's learned member; ``--device`` to every
+    network); ``options`` go as given."""
     kwargs = dict(options or {})
     if proposer_model:
         learned = {
@@ -70,6 +72,13 @@ def build_proposer(
     elif name == "given":
         if annotations:
             kwargs.update(source=annotations, format=annotation_format)
+    if device:
+        if name in ("learned", "sam2", "hybrid", "auto"):
+            kwargs["device"] = device
+        if name == "hybrid" and kwargs.get("source") == "learned":
+            kwargs["source_options"] = {**kwargs["source_options"], "device": device}
+        if name == "union" and "member_options" in kwargs:
+            kwargs["member_options"] = {"learned": {**kwargs["member_options"]["learned"], "device": device}}
     return create_proposer(name, **kwargs)
 
 

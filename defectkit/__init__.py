@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["Defect", "DefectClassifier", "Result", "Taxonomy", "__version__"]
+__all__ = ["ClassifyOptions", "Defect", "DefectClassifier", "Result", "Taxonomy", "__version__"]
 
 
 def __getattr__(name: str):
@@ -11,6 +11,10 @@ def __getattr__(name: str):
         from defectkit import pipeline
 
         return getattr(pipeline, name)
+    if name == "ClassifyOptions":
+        from defectkit.jobs.classify import ClassifyOptions
+
+        return ClassifyOptions
     if name == "Defect":
         from defectkit.defect import Defect
 

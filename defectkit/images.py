@@ -98,6 +98,17 @@ def to_rgb(array: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported image shape {array.shape}")
 
 
+def from_array(array: np.ndarray, bgr: bool = False) -> np.ndarray:
+    """An image handed over in memory -> uint8 RGB (H, W, 3): gray (H, W) or (H, W, 1), colour
+    (H, W, 3) in RGB order (``bgr=True``: OpenCV's order), RGBA (alpha dropped); any depth."""
+    array = np.asarray(array)
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))) or 0 in array.shape[:2]:
+        raise ValueError(f"expected a gray (H, W) or colour (H, W, 3 or 4) image array, got shape {array.shape}")
+    if array.ndim == 3 and array.shape[2] in (3, 4) and not bgr:
+        return np.ascontiguousarray(to_uint8(array[:, :, :3]))
+    return to_rgb(array)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3); raises InputError naming the file."""
     path = Path(path)

@@ -27,7 +27,7 @@ from defectkit.ensemble.hierarchy import UNCERTAIN
 from defectkit.export import image_record, overlay
 from defectkit.features import crop_features
 from defectkit.geometry import polygonize
-from defectkit.images import read_image
+from defectkit.images import from_array, read_image
 from defectkit.propose import build_proposer
 from defectkit.propose.base import Proposer
 from defectkit.streaming import ahead, chunked
@@ -49,12 +49,34 @@ class Result:
     proposals: int = 0  # regions proposed, before background was dropped
     error: str | None = None  # set by classify_batch when this image could not be processed
 
+    @property
+    def width(self) -> int:
+        return self.size[0]
+
+    @property
+    def height(self) -> int:
+        return self.size[1]
+
     def to_json(self) -> dict:
+        """The record ``classify`` writes as ``<name>.json`` (``size`` is [width, height])."""
         return image_record(self.image, self.size, self.defects, proposer=self.proposer, model=self.model, proposals=self.proposals)
+
+    def to_dict(self) -> dict:
+        """The JSON record with the size spelled out, and the error of an image that failed."""
+        return {**self.to_json(), "width": self.width, "height": self.height, "error": self.error}
 
     def overlay(self, image: np.ndarray | None = None) -> np.ndarray:
         """The image with the defects drawn on it (RGB uint8)."""
         return overlay(read_image(self.image) if image is None else image, self.defects)
+
+
+@dataclass(frozen=True)
+class InMemory:
+    """An image array in a batch, with the name its result carries."""
+
+    name: str
+    array: np.ndarray
+    bgr: bool = False
 
 
 class DefectClassifier:
@@ -87,10 +109,14 @@ class DefectClassifier:
                                       proposer_model=str(proposer_model) if proposer_model else None, device=device)
         return cls(bundle, proposer, **options)
 
-    def classify(self, image: np.ndarray | str | Path, image_path: str | Path | None = None, timings: Timings | None = None) -> Result:
-        """Classify the defects on one image (an RGB uint8 array, or a path to read). ``timings``
-        adds the seconds of each stage (read, propose, polygonize, crop, embed, classify)."""
-        if not isinstance(image, np.ndarray):
+    def classify(self, image: np.ndarray | str | Path, image_path: str | Path | None = None, timings: Timings | None = None,
+                 bgr: bool = False) -> Result:
+        """Classify the defects on one image: a path to read, or an array (gray, RGB, RGBA, any
+        depth; ``bgr=True`` for OpenCV's channel order). ``timings`` adds the seconds of each stage
+        (read, propose, polygonize, crop, embed, classify)."""
+        if isinstance(image, np.ndarray):
+            image = from_array(image, bgr)
+        else:
             with stage(timings, "read"):
                 image_path, image = image, read_image(image)
         regions = self._regions(image, str(image_path or ""), timings)
@@ -132,10 +158,15 @@ class DefectClassifier:
             for path, regions in chunk:
                 yield (path, None, regions) if isinstance(regions, Exception) else (path, regions.image, self._result(regions))
 
-    def classify_batch(self, images: Iterable[str | Path], chunk_size: int = CHUNK_IMAGES, workers: int = 1) -> Iterator[Result]:
-        """Classify images, yielding one Result each, in order (see :meth:`stream`); an image that
-        fails yields a Result with ``error`` set."""
-        for path, _, result in self.stream(images, chunk_size=chunk_size, workers=workers):
+    def classify_batch(self, images: Iterable[str | Path | np.ndarray], chunk_size: int = CHUNK_IMAGES, workers: int = 1,
+                       bgr: bool = False) -> Iterator[Result]:
+        """Classify images (paths, or arrays as :meth:`classify` takes them, named ``<array N>``),
+        yielding one Result each, in order (see :meth:`stream`); an image that fails yields a Result
+        with ``error`` set."""
+        if isinstance(images, (str, Path, np.ndarray)):  # one image, not the characters or rows of one
+            images = [images]
+        items = (InMemory(f"<array {i}>", item, bgr) if isinstance(item, np.ndarray) else item for i, item in enumerate(images))
+        for path, _, result in self.stream(items, chunk_size=chunk_size, workers=workers):
             if isinstance(result, Exception):
                 result = Result(str(path), (0, 0), [], self.proposer.describe(), self.model_info, error=f"{type(result).__name__}: {result}")
             yield result
@@ -143,8 +174,11 @@ class DefectClassifier:
     def _read_regions(self, item, timings: Timings | None) -> tuple[Path, "_Regions | Exception"]:
         path = item
         try:
+            if isinstance(item, InMemory):
+                path, image = item.name, from_array(item.array, item.bgr)
+                return path, self._regions(image, path, timings)
             if not isinstance(item, (str, Path)):
-                raise TypeError(f"expected an image path, got {type(item).__name__}")
+                raise TypeError(f"expected an image path or array, got {type(item).__name__}")
             path = Path(item)
             with stage(timings, "read"):
                 image = read_image(path)

@@ -282,6 +282,22 @@ def test_classify_batch_takes_one_path_and_reports_items_that_are_no_path(model)
     path = sorted((test / "MT_Crack").glob("*.jpg"))[0]
     alone = list(classifier.classify_batch(str(path)))  # a bare string is one path
     assert len(alone) == 1 and alone[0].error is None and alone[0].defects
-    results = list(classifier.classify_batch([path, None, np.zeros((4, 4, 3), np.uint8), path]))
+    results = list(classifier.classify_batch([path, None, np.zeros((4, 4, 5), np.uint8), path]))
     assert [r.error is None for r in results] == [True, False, False, True]
-    assert "expected an image path, got NoneType" in results[1].error and "ndarray" in results[2].error
+    assert "expected an image path or array, got NoneType" in results[1].error and "(4, 4, 5)" in results[2].error
+
+
+def test_arrays_gray_rgb_and_bgr_classify_as_the_file_does(model):
+    bundle, test = model
+    classifier = DefectClassifier.load(bundle, create_proposer("classical"))
+    path = sorted((test / "MT_Blowhole").glob("*.jpg"))[0]
+    rgb = read_image(path)
+    expected = classifier.classify(path)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    as_bgr = classifier.classify(np.ascontiguousarray(rgb[:, :, ::-1]), bgr=True)
+    batch = list(classifier.classify_batch([rgb, gray]))
+    for result in (as_bgr, *batch):
+        assert result.error is None
+        assert [(d.subtype, d.area) for d in result.defects] == [(d.subtype, d.area) for d in expected.defects]
+    assert batch[0].image == "<array 0>" and batch[0].to_dict()["width"] == rgb.shape[1] == batch[0].width
+    assert batch[0].to_dict()["height"] == rgb.shape[0] and batch[0].to_dict()["error"] is None

@@ -229,6 +229,13 @@ def _write_errors(report: BatchReport) -> None:
                              "are kept: make room and run again with --resume") from exc
 
 
+def _link(file_name: str) -> str:
+    """A file name of the output folder as a relative link (any byte percent-encoded)."""
+    from urllib.parse import quote
+
+    return quote(os.fsencode(file_name))
+
+
 def check_overlay_options(overlays: str, overlay_format: str) -> None:
     from defectkit.export import OVERLAY_FORMATS, OVERLAYS
 
@@ -264,6 +271,7 @@ def write_results(
     already in ``out`` are read back instead of analysed again, and keep their
     place in the CSV and COCO. ``timings`` adds the seconds of ``write``."""
     from defectkit.export import VERDICT_COLUMNS, csv_rows, defects_from_record, dumps, image_verdict, write_csv, write_overlay
+    from defectkit.report import write_run_report
 
     check_overlay_options(overlays, overlay_format)
     out = Path(out)
@@ -272,12 +280,15 @@ def write_results(
     drawn = lambda defects: overlays == "all" or (overlays == "defects" and bool(defects))  # noqa: E731
     rows: list[dict] = []
     verdicts: dict[str, dict] = {}
+    files: dict[str, tuple[str | None, str]] = {}  # per image: its overlay and JSON, as links for the report
 
-    def collect(record: dict) -> None:
+    def collect(record: dict, name: str) -> None:
         defects = defects_from_record(record)
         coco.add(record["image"], tuple(record["size"]), defects)
         rows.extend(csv_rows(defects))
         verdicts[record["image"]] = image_verdict(record)
+        overlay = f"{name}.{overlay_format}" if drawn(record["defects"]) else None
+        files[record["image"]] = (overlay and _link(overlay), _link(f"{name}.json"))
 
     def process(path: Path, name: str, image: np.ndarray, analysis: tuple[dict, list]) -> None:
         record, defects = analysis
@@ -287,7 +298,7 @@ def write_results(
             text = dumps(record)
             atomic_write_text(out / f"{name}.json", text)  # last: an image is done when its JSON is there
             # the CSV and COCO from the record as a resumed run reads it back: the same files either way
-            collect(json.loads(text))
+            collect(json.loads(text), name)
 
     def earlier(path: Path, name: str):
         result = out / f"{name}.json"
@@ -300,7 +311,7 @@ def write_results(
             return None  # an unreadable earlier result: do the image again
         if drawn(record["defects"]) and not (out / f"{name}.{overlay_format}").is_file():
             return None
-        return lambda: collect(record)
+        return lambda: collect(record, name)
 
     reserved = {Path(coco_file).stem} if coco_file else set()
     with output_lock(out):
@@ -313,6 +324,7 @@ def write_results(
         try:
             write_csv(out / csv_file, rows)
             write_csv(out / verdicts_file, report.images, VERDICT_COLUMNS)
+            write_run_report(out, report.images, rows, files, desc, f"{len(paths)} inputs into {out}")
             if coco_file:
                 coco.write(out / coco_file, kind=coco_kind)
         except OSError as exc:

@@ -75,7 +75,7 @@ def extract(
     padding: float = typer.Option(_EXTRACT.crop.padding, help="Context around a region, as a share of its longer side."),
     background_per_image: int = typer.Option(_EXTRACT.background_per_image, help="Background regions sampled per defect-free image."),
     background_in_defect_images: int = typer.Option(_EXTRACT.background_in_defect_images, help="Background regions sampled per defect image, away from its defects."),
-    negatives_from: Optional[str] = typer.Option(None, help="Add this proposer's proposals that touch no defect as background crops (hard negatives), e.g. learned or classical."),
+    negatives_from: str = typer.Option("auto", help="Add this proposer's proposals that touch no defect as background crops (hard negatives), so that the classifier learns to reject what the proposer finds on clean surface: auto (what classify uses by default), learned, classical, ..., or none."),
     proposer_model: Optional[str] = typer.Option(None, help="The proposer bundle of --negatives-from learned (from train-proposer)."),
     seed: int = typer.Option(_EXTRACT.seed, help="Seed for background sampling (same seed, same output)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -94,7 +94,7 @@ def extract(
             crop=CropSpec(size=crop_size, padding=padding),
             background_per_image=background_per_image,
             background_in_defect_images=background_in_defect_images,
-            negatives_from=negatives_from,
+            negatives_from=None if negatives_from == "none" else negatives_from,
             proposer_model=proposer_model,
             seed=seed,
         )
@@ -671,6 +671,8 @@ def classify(
                                            device=device, min_area=min_area, min_confidence=min_confidence, keep_background=keep_background)
         chosen = classifier.proposer
         console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
+        if (warning := classifier.negatives_warning()) is not None:
+            console.print(f"warning: {warning}", soft_wrap=True, markup=False, style="yellow")
         report, rows = classify_images(inputs, out, classifier, options, progress=not quiet)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)

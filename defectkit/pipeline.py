@@ -70,6 +70,12 @@ class Result:
         return overlay(read_image(self.image) if image is None else image, self.defects)
 
 
+def _effective_name(described: dict) -> str:
+    """A proposer's name, or for ``auto`` the name of what it chose."""
+    chosen = described.get("chose")
+    return _effective_name(chosen) if isinstance(chosen, dict) else str(described.get("name"))
+
+
 @dataclass(frozen=True)
 class InMemory:
     """An image array in a batch, with the name its result carries."""
@@ -108,6 +114,24 @@ class DefectClassifier:
             proposer = build_proposer(proposer, sam2_checkpoint=sam2_checkpoint, sam2_config=sam2_config, options=proposer_options,
                                       proposer_model=str(proposer_model) if proposer_model else None, device=device)
         return cls(bundle, proposer, **options)
+
+    def negatives_warning(self) -> str | None:
+        """Why this classifier may flag clean surface: its model never learned to reject what this
+        proposer finds there (no hard negatives, or hard negatives from another proposer)."""
+        running = _effective_name(self.proposer.describe())
+        if running == "given":
+            return None
+        training = self.bundle.manifest.get("training") or {}
+        if "negatives_from" not in training:
+            return None  # a bundle from before this was recorded: nothing to go by
+        trained = training["negatives_from"]
+        if trained is None:
+            return (f"the model was trained without hard negatives, so proposals of {running} on clean surface may be "
+                    "reported as defects; extract the crops with --negatives-from auto (the default) and train again")
+        if _effective_name(trained) != running:
+            return (f"the model learned to reject the proposals of {_effective_name(trained)} but runs with {running}; "
+                    f"clean surface may be flagged: extract with --negatives-from {running} and train again")
+        return None
 
     def classify(self, image: np.ndarray | str | Path, image_path: str | Path | None = None, timings: Timings | None = None,
                  bgr: bool = False) -> Result:

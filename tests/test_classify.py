@@ -198,6 +198,7 @@ def test_cli_classify_writes_results_and_goes_on_after_a_bad_image(model, tmp_pa
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     assert "proposer: classical" in result.output and "4 image(s) classified" in result.output
+    assert "warning: the model was trained without hard negatives" in result.output  # extracted without them
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert [e["image"].endswith("corrupt.jpg") for e in errors] == [True]
     record = json.loads((out / f"{sorted(images.glob('*.jpg'))[1].stem}.json").read_text())

@@ -369,3 +369,14 @@ def test_byte_identical_copies_of_an_image_are_one_group(tmp_path):
         by_image.setdefault(Path(record["image"]).stem, set()).add(group)
     assert by_image["a"] == by_image["twin"] and len(by_image["a"]) == 1
     assert by_image["a"] != by_image["b"]
+
+
+def test_the_cli_takes_hard_negatives_by_default_and_records_their_proposer(tmp_path):
+    src = generated_masks_dataset(tmp_path / "src")
+    result = CliRunner().invoke(app, ["extract", str(src), str(tmp_path / "out"), "-t", str(TAXONOMY), "--crop-size", "32", "-q"])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "out" / "extract.json").read_text())
+    assert settings["negatives_from"] == "auto" and settings["negatives_proposer"]["name"] == "auto"
+    assert settings["negatives_proposer"]["chose"]["name"] == "classical"
+    result = CliRunner().invoke(app, ["extract", str(src), str(tmp_path / "none"), "-t", str(TAXONOMY), "--negatives-from", "none", "-q"])
+    assert result.exit_code == 0 and json.loads((tmp_path / "none" / "extract.json").read_text())["negatives_proposer"] is None

@@ -63,6 +63,18 @@ def settings_path(dataset: str | Path) -> Path:
     return (path if path.is_dir() else path.parent) / SETTINGS
 
 
+def negatives_settings(dataset: str | Path) -> dict | None:
+    """The proposer whose proposals off the defects became background crops (as it described
+    itself, auto with its choice), from ``extract.json``; None when there were none or it is unknown."""
+    settings = settings_path(dataset)
+    if not settings.is_file():
+        return None
+    try:
+        return json.loads(settings.read_text()).get("negatives_proposer")
+    except (ValueError, AttributeError) as exc:
+        raise DefectkitError(f"{settings}: not valid JSON ({exc})") from exc
+
+
 def crop_settings(dataset: str | Path) -> dict:
     """How a crop data set's crops were cut (``CropSpec`` fields), from ``extract.json`` beside its
     manifest; {} when unknown (crops made elsewhere), meaning the defaults."""

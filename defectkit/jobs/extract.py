@@ -90,7 +90,8 @@ class _Extractor:
         bar.close()
         self.summary.images = len(samples)
         write_manifest(self.out / MANIFEST, self.records)
-        settings = {**asdict(self.options), "source": str(self.src)}
+        settings = {**asdict(self.options), "source": str(self.src),
+                    "negatives_proposer": self.negatives.describe() if self.negatives is not None else None}
         atomic_write_text(self.out / SETTINGS, json.dumps(settings, indent=2) + "\n")
         return self.summary
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from defectkit.bundle import save_bundle
 from defectkit.classifier import ClassifierConfig
-from defectkit.data.manifest import crop_settings
+from defectkit.data.manifest import crop_settings, negatives_settings
 from defectkit.jobs.evaluate import CVResult, cross_validate
 from defectkit.features import build_features
 from defectkit.labelled import check_trainable, load_labelled
@@ -56,7 +56,8 @@ def train(
             result = cross_validate(X, crops, taxonomy, config, spec, cv, progress=progress) if cv else None
         with stage(timings, "fit"):
             model = config.model(taxonomy, spec).fit(X, crops.subtypes)
-    summary = {**crops.summary(), "config": config.to_dict(), "crop": crop_settings(dataset), **(record or {})}
+    summary = {**crops.summary(), "config": config.to_dict(), "crop": crop_settings(dataset),
+               "negatives_from": negatives_settings(dataset), **(record or {})}
     metrics = result.to_dict() if result else {}
     metrics.pop("confusion", None)
     with stage(timings, "save"):

@@ -616,6 +616,9 @@ def print_scores(reports: dict, title: str) -> None:
         table.add_row(name, *("-" if c is None else f"{c:.3f}" for c in cells))
     _wide().print(table)
     _wide().print("subtype macro-F1 averages the defect subtypes (background excluded).")
+    main = reports.get("hierarchy", {})
+    if "calibration" in main:
+        _wide().print(f"expected calibration error of the confidence: {main['calibration']['ece']:.3f} (10 bins)")
 
 
 def print_per_class(result: dict) -> None:

@@ -13,12 +13,30 @@ def category_of(taxonomy: Taxonomy, subtypes) -> np.ndarray:
     return np.array([taxonomy.category_of(str(s), default=UNCERTAIN) for s in subtypes], dtype=object)
 
 
-def report(taxonomy: Taxonomy, true_subtypes, predicted_subtypes, predicted_categories=None) -> dict:
+def calibration(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> dict:
+    """Expected calibration error: the gap between confidence and accuracy, averaged over equal-width
+    confidence bins weighted by their size; with the bins (mean confidence, accuracy, count) for a
+    reliability plot."""
+    correct, confidence = np.asarray(correct, dtype=float), np.asarray(confidence, dtype=float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            gap = abs(confidence[inside].mean() - correct[inside].mean())
+            ece += gap * inside.sum() / len(confidence)
+            rows.append([_round(confidence[inside].mean()), _round(correct[inside].mean()), int(inside.sum())])
+    return {"ece": _round(ece), "bins": rows}
+
+
+def report(taxonomy: Taxonomy, true_subtypes, predicted_subtypes, predicted_categories=None, confidence=None) -> dict:
     """Accuracy and macro-F1 per level, per-subtype precision/recall/F1, detection rates, confusions.
 
     ``subtype.macro_f1`` averages the defect subtypes only (background excluded, as in the project's
     targets); ``subtype.macro_f1_all`` includes background. ``category.macro_f1`` averages all
-    categories, background included. A prediction of ``uncertain`` counts as wrong.
+    categories, background included. A prediction of ``uncertain`` counts as wrong. With
+    ``confidence`` (the subtype's probability), ``calibration`` holds the expected calibration error.
     """
     true_sub = np.asarray(true_subtypes, dtype=object).astype(str)
     pred_sub = np.asarray(predicted_subtypes, dtype=object).astype(str)
@@ -30,7 +48,7 @@ def report(taxonomy: Taxonomy, true_subtypes, predicted_subtypes, predicted_cate
     precision, recall, f1, support = precision_recall_fscore_support(true_sub, pred_sub, labels=subtypes, zero_division=0)
     is_defect = true_cat != BACKGROUND
     called_defect = (pred_cat != BACKGROUND) & (pred_cat != UNCERTAIN)
-    return {
+    out = {
         "n": int(len(true_sub)),
         "category": {
             "accuracy": _round(accuracy_score(true_cat, pred_cat)),
@@ -56,6 +74,9 @@ def report(taxonomy: Taxonomy, true_subtypes, predicted_subtypes, predicted_cate
             "subtype": _confusion(true_sub, pred_sub, subtypes),
         },
     }
+    if confidence is not None:
+        out["calibration"] = calibration(true_sub == pred_sub, confidence)
+    return out
 
 
 def _confusion(true, predicted, labels: list[str]) -> dict:

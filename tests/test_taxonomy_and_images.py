@@ -127,3 +127,12 @@ def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path)
     assert str(bomb) in str(caught.value)
     write(tmp_path / "fine.png", np.zeros((40, 30), np.uint8))
     assert read_image(tmp_path / "fine.png").shape == (40, 30, 3)
+
+
+def test_expected_calibration_error_is_the_weighted_gap_between_confidence_and_accuracy():
+    from defectkit.metrics import calibration
+
+    perfect = calibration(np.array([1, 1, 0, 0]), np.array([1.0, 1.0, 0.0, 0.0]))
+    assert perfect["ece"] == 0
+    over = calibration(np.array([1, 0, 0, 0]), np.array([0.95, 0.95, 0.95, 0.95]))
+    assert over["ece"] == pytest.approx(0.7) and over["bins"] == [[0.95, 0.25, 4]]

@@ -97,10 +97,11 @@ def cross_validate(
     names = BASELINES if baselines else ("hierarchy",)
     subtype = {name: np.empty(len(y), dtype=object) for name in names}
     category = np.empty(len(y), dtype=object)
+    confidence = np.zeros(len(y))
     per_fold = {name: [] for name in names}
     for train, test in tqdm(folds, desc=f"{len(folds)}-fold CV", unit="fold", disable=not progress):
         model = config.model(taxonomy, spec).fit(X[train], y[train])
-        category[test], subtype["hierarchy"][test], *_ = decide(model, X[test])
+        category[test], subtype["hierarchy"][test], confidence[test], *_ = decide(model, X[test])
         if baselines:
             flat = config.model(taxonomy, spec, flat=True).fit(X[train], y[train])
             subtype["flat stack"][test] = flat.predict(X[test])
@@ -111,7 +112,8 @@ def cross_validate(
             per_fold[name].append(_defect_macro_f1(y[test], subtype[name][test].astype(str)))
         if on_fold is not None:
             on_fold(len(per_fold["hierarchy"]) - 1, per_fold["hierarchy"])
-    reports = {name: report(taxonomy, y, subtype[name], category if name == "hierarchy" else None) for name in names}
+    reports = {name: report(taxonomy, y, subtype[name], category if name == "hierarchy" else None,
+                            confidence if name == "hierarchy" else None) for name in names}
     return CVResult(len(folds), folds, reports, per_fold)
 
 
@@ -146,7 +148,7 @@ def evaluate_bundle(dataset: str | Path, model_dir: str | Path, cache=None, prog
     bundle.embedder(device)
     crops = load_labelled(dataset, bundle.taxonomy)
     X = bundle.features(crops.records, cache, progress)
-    category, subtype, *_ = decide(bundle.model, X)
-    out = report(bundle.taxonomy, crops.subtypes, subtype, category)
+    category, subtype, confidence, *_ = decide(bundle.model, X)
+    out = report(bundle.taxonomy, crops.subtypes, subtype, category, confidence)
     out["model"] = str(model_dir)
     return out

@@ -66,7 +66,7 @@ def _fail(exc: Exception) -> None:
 def extract(
     src: Path = typer.Argument(..., help="Labelled data set: a folder (or a COCO json file)."),
     out: Path = typer.Argument(..., help="Output folder for manifest.jsonl and crops/."),
-    format: str = typer.Option(_EXTRACT.format, "--format", "-f", help="masks | voc | coco | yolo | crops"),
+    format: str = typer.Option(_EXTRACT.format, "--format", "-f", help="masks | voc | coco | yolo | labelstudio | crops"),
     taxonomy: Path = typer.Option(..., "--taxonomy", "-t", help="Taxonomy YAML (categories, subtypes, aliases)."),
     mask_threshold: int = typer.Option(_EXTRACT.mask_threshold, help="A mask pixel is set where its value is above this."),
     min_area: int = typer.Option(_EXTRACT.min_area, help="Drop regions smaller than this many pixels."),
@@ -628,6 +628,26 @@ def print_per_class(result: dict) -> None:
     for name, r in result["subtype"]["per_class"].items():
         table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
     _wide().print(table)
+
+
+@app.command("export-review")
+def export_review(
+    run: Path = typer.Argument(..., help="A classify (or segment) output folder."),
+    to: str = typer.Option("labelstudio", "--to", help="labelstudio (tasks JSON with polygon predictions) | coco | cvat (CVAT for images 1.1 XML)."),
+    root: Path = typer.Option(..., "--root", help="The folder that holds the images: paths in the export are relative to it."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default RUN/review-<to>.json, .xml for cvat)."),
+    url_prefix: str = typer.Option("", help="Put before each image path, e.g. /data/local-files/?d= for Label Studio's local storage."),
+):
+    """Write a run's predictions as pre-annotations for review, the least confident first; a
+    reviewed Label Studio export comes back with `extract --format labelstudio`."""
+    from defectkit.review import export_review as run_export
+
+    out = out or run / f"review-{to}.{'xml' if to == 'cvat' else 'json'}"
+    try:
+        count = run_export(run, to, root, out, url_prefix)
+    except DefectkitError as exc:
+        _fail(exc)
+    console.print(f"{count} images written to {out}, the most useful to review first", soft_wrap=True, markup=False)
 
 
 @app.command()

@@ -40,7 +40,7 @@ class Sample:
     annotated: bool = True  # False when the layout expects an annotation file and none was found
 
 
-FORMATS = ("masks", "voc", "coco", "yolo", "crops")
+FORMATS = ("masks", "voc", "coco", "yolo", "labelstudio", "crops")
 
 
 def read_dataset(src: str | Path, format: str, mask_threshold: int = 127) -> Iterator[Sample]:
@@ -64,6 +64,10 @@ def read_dataset(src: str | Path, format: str, mask_threshold: int = 127) -> Ite
         from defectkit.data.yolo import read_yolo
 
         return read_yolo(src)
+    if format == "labelstudio":
+        from defectkit.data.labelstudio import read_labelstudio
+
+        return read_labelstudio(src)
     if format == "crops":
         from defectkit.data.crop_folder import read_crop_folder
 

@@ -249,6 +249,44 @@ def test_classify_killed_at_random_points_20_times_ends_as_one_uninterrupted_run
     assert files(out) == files(whole)
 
 
+def test_the_review_loop_feeds_a_correction_back_into_the_model(model, tmp_path):
+    """classify, export for review, a reviewer renames one defect and deletes a false one, the
+    review comes back through extract, train again: the corrected image's prediction follows."""
+    bundle, test = model
+    run, crops, retrained = tmp_path / "run", tmp_path / "crops", tmp_path / "model"
+    runner = CliRunner()
+    assert runner.invoke(app, ["classify", str(test), "-m", str(bundle), "-o", str(run), "-p", "classical", "-q"]).exit_code == 0
+    tasks_file = test / "review.json"
+    assert runner.invoke(app, ["export-review", str(run), "--root", str(test), "-o", str(tasks_file)]).exit_code == 0
+    tasks = json.loads(tasks_file.read_text())
+    for task in tasks:  # the reviewer accepts every prediction...
+        task["annotations"] = [{"result": task["predictions"][0]["result"]}]
+    pore = next(t for t in tasks if "MT_Blowhole" in t["data"]["image"] and t["annotations"][0]["result"])
+    renamed = pore["annotations"][0]["result"][0]
+    renamed["value"]["polygonlabels"] = ["crack"]  # ...but says this pore is a crack
+    extra = next(t for t in tasks if t is not pore and len(t["annotations"][0]["result"]) > 0)
+    deleted = extra["annotations"][0]["result"].pop()  # ...and this one is no defect at all
+    tasks_file.write_text(json.dumps(tasks))
+    result = runner.invoke(app, ["extract", str(tasks_file), str(crops), "-f", "labelstudio", "-t", str(TAXONOMY),
+                                 "--negatives-from", "classical", "--crop-size", "48", "-q"])
+    assert result.exit_code == 0, result.output
+    with pytest.warns(UserWarning, match="RANDOM"):
+        train(crops, Taxonomy.load(TAXONOMY), retrained, ClassifierConfig(backbone="resnet10t", weights="random", image_size=32, pca=8),
+              cv=0, progress=False)
+    again = DefectClassifier.load(retrained, create_proposer("classical"))
+
+    def found(task, result_item):
+        """The new prediction whose box holds the centre of a reviewed region."""
+        image = test / task["data"]["image"]
+        points = np.array(result_item["value"]["points"]) / 100 * np.array(read_image(image).shape[1::-1])
+        cx, cy = points.mean(axis=0)
+        return [d.subtype for d in again.classify(image).defects
+                if d.bbox[0] <= cx <= d.bbox[0] + d.bbox[2] and d.bbox[1] <= cy <= d.bbox[1] + d.bbox[3]]
+
+    assert found(pore, renamed) == ["crack"]
+    assert found(extra, deleted) == []
+
+
 def test_missing_model_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["classify", str(tmp_path), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "nope" in result.output

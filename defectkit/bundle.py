@@ -106,9 +106,11 @@ def save_bundle(
     training: dict | None = None,
     metrics: dict | None = None,
     proposer: str | Path | None = None,
+    thresholds: dict | None = None,
 ) -> Path:
     """Write a bundle to ``path`` (a new or existing bundle folder), whole or not at all; with
-    ``proposer`` (a proposer bundle folder), a copy of it travels inside, checked on every load."""
+    ``proposer`` (a proposer bundle folder), a copy of it travels inside, checked on every load.
+    ``thresholds``: per-subtype confidences below which classify says ``uncertain``."""
     import skops.io as sio
     from safetensors.torch import save_file
 
@@ -146,6 +148,7 @@ def save_bundle(
             "features": {**spec.to_dict(), "names": spec.names(backbone["dim"] if backbone else 0)},
             "model": {"file": MODEL_FILE, "type": f"{type(model).__module__}.{type(model).__qualname__}"},
             "proposer": carried,
+            "thresholds": thresholds,
             "versions": library_versions(),
             "training": training or {},
             "metrics": metrics or {},

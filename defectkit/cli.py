@@ -471,6 +471,7 @@ def train(
     reject: Optional[float] = typer.Option(None, "--min-confidence", "--reject", help="Report a defect as 'uncertain' when its subtype probability is below this (stored in the bundle; classify --min-confidence overrides it)."),
     cv: int = typer.Option(5, "--cv", help="Folds (grouped by source image) for the printed quality estimate; 0 skips it."),
     proposer_model: Optional[Path] = typer.Option(None, help="A proposer bundle (from train-proposer) for the model to carry; classify then uses it."),
+    target_precision: Optional[float] = typer.Option(None, help="Choose, per subtype, the confidence below which classify says 'uncertain', so that the rest reach this precision on the CV's out-of-fold predictions."),
     seed: int = _SEED,
     device: Optional[str] = _DEVICE,
     no_cache: bool = _NO_CACHE,
@@ -484,7 +485,8 @@ def train(
     use_one_thread()  # see defectkit.threads: spin-waiting threads slow the fit on busy cores
     try:
         config = _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, reject, device)
-        result = run_train(dataset, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), progress=not quiet, proposer=proposer_model)
+        result = run_train(dataset, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), progress=not quiet, proposer=proposer_model,
+                           target_precision=target_precision)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
     if result.cv:
@@ -660,7 +662,8 @@ def classify(
     sam2_checkpoint: Optional[str] = _SAM2_CHECKPOINT,
     sam2_config: Optional[str] = _SAM2_CONFIG,
     option: list[str] = typer.Option([], "--option", "-O", help="Proposer setting KEY=VALUE (repeatable)."),
-    min_confidence: Optional[float] = typer.Option(None, help="Below this confidence a defect is reported as 'uncertain'."),
+    min_confidence: Optional[float] = typer.Option(None, help="Below this confidence a defect is reported as 'uncertain' (every subtype; default: the model's own thresholds, if it has them)."),
+    threshold: list[str] = typer.Option([], "--threshold", help="SUBTYPE=X: this subtype's confidence threshold (repeatable; over --min-confidence and the model's own)."),
     keep_background: bool = typer.Option(False, help="Also report proposals classified as background."),
     min_area: int = typer.Option(10, help="Drop regions smaller than this many pixels."),
     coco: bool = typer.Option(False, "--coco", help="Also write coco.json for the whole run."),
@@ -687,11 +690,20 @@ def classify(
         options = ClassifyOptions(coco=coco, overlays=overlays, overlay_format=overlay_format, resume=resume)
         proposer_options = parse_options(option)  # these, the inputs and the proposer's name checked before the model loads
         expand_inputs(inputs)
+        thresholds = {"*": min_confidence} if min_confidence is not None else {}
+        for pair in threshold:
+            subtype, sep, value = pair.partition("=")
+            try:
+                thresholds[subtype.strip()] = float(value)
+            except ValueError:
+                raise DefectkitError(f"--threshold {pair!r} is not SUBTYPE=X with X a number") from None
+            if not sep:
+                raise DefectkitError(f"--threshold {pair!r} is not SUBTYPE=X")
         if proposer not in proposer_names():
             raise DefectkitError(f"unknown proposer {proposer!r}; choose one of: {', '.join(proposer_names())}")
         device = device and _device(device)
         classifier = DefectClassifier.load(model, proposer, sam2_checkpoint, sam2_config, proposer_model, proposer_options,
-                                           device=device, min_area=min_area, min_confidence=min_confidence, keep_background=keep_background)
+                                           device=device, min_area=min_area, min_confidence=thresholds or None, keep_background=keep_background)
         chosen = classifier.proposer
         console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
         if (warning := classifier.negatives_warning()) is not None:

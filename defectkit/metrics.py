@@ -30,6 +30,31 @@ def calibration(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> 
     return {"ece": _round(ece), "bins": rows}
 
 
+def precision_thresholds(true, predicted, confidence, target: float, min_support: int = 5) -> dict[str, float | None]:
+    """Per predicted subtype (background aside), the lowest confidence at or above which its
+    predictions reach ``target`` precision: below it a defect is better called uncertain. 0.0 where
+    every prediction already does; None where no threshold reaches it, or fewer than ``min_support``
+    crops were predicted as it (too few to say)."""
+    true, predicted, confidence = (np.asarray(a) for a in (true, predicted, confidence))
+    out: dict[str, float | None] = {}
+    for subtype in sorted(set(predicted.astype(str)) - {BACKGROUND, UNCERTAIN}):
+        mine = predicted == subtype
+        if mine.sum() < min_support:
+            out[subtype] = None
+            continue
+        order = np.argsort(-confidence[mine])
+        right = (true[mine] == subtype)[order]
+        precision = np.cumsum(right) / np.arange(1, len(right) + 1)  # of the k most confident
+        reaching = np.nonzero(precision >= target)[0]
+        if not len(reaching):
+            out[subtype] = None
+        elif reaching[-1] == len(right) - 1:
+            out[subtype] = 0.0
+        else:
+            out[subtype] = _round(confidence[mine][order][reaching[-1]])
+    return out
+
+
 def report(taxonomy: Taxonomy, true_subtypes, predicted_subtypes, predicted_categories=None, confidence=None) -> dict:
     """Accuracy and macro-F1 per level, per-subtype precision/recall/F1, detection rates, confusions.
 

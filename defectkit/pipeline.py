@@ -24,6 +24,7 @@ from defectkit.classifier import decide
 from defectkit.crops import CropSpec, crop_region
 from defectkit.defect import Defect
 from defectkit.ensemble.hierarchy import UNCERTAIN
+from defectkit.errors import DefectkitError
 from defectkit.export import image_record, overlay
 from defectkit.features import crop_features
 from defectkit.geometry import polygonize
@@ -70,6 +71,28 @@ class Result:
         return overlay(read_image(self.image) if image is None else image, self.defects)
 
 
+def _thresholds(bundle: Bundle, asked: float | dict[str, float] | None) -> dict[str, float]:
+    """Per subtype, the confidence below which it is reported uncertain: asked for by subtype, else
+    asked for all, else the bundle's own."""
+    subtypes = bundle.taxonomy.subtypes
+    own = ((bundle.manifest.get("thresholds") or {}).get("per_class") or {})
+    out = {s: float(t) for s, t in own.items() if t is not None}
+    if isinstance(asked, (int, float)):
+        asked = {"*": asked}
+    if asked:
+        asked = dict(asked)
+        if "*" in asked:  # every subtype
+            out = {s: float(asked.pop("*")) for s in subtypes if s != BACKGROUND}
+        unknown = sorted(set(asked) - set(subtypes))
+        if unknown:
+            raise DefectkitError(f"threshold for {', '.join(unknown)}: not a subtype of the model (subtypes: {', '.join(subtypes)})")
+        out.update({s: float(t) for s, t in asked.items()})
+    for subtype, threshold in out.items():
+        if not 0 <= threshold <= 1:
+            raise DefectkitError(f"threshold {threshold} for {subtype}: a confidence threshold lies between 0 and 1")
+    return out
+
+
 def _effective_name(described: dict) -> str:
     """A proposer's name, or for ``auto`` the name of what it chose."""
     chosen = described.get("chose")
@@ -88,12 +111,15 @@ class InMemory:
 class DefectClassifier:
     """A loaded model bundle plus a proposer; build it with :meth:`load`."""
 
-    def __init__(self, bundle: Bundle, proposer: Proposer, min_area: int = 10, min_confidence: float | None = None,
+    def __init__(self, bundle: Bundle, proposer: Proposer, min_area: int = 10, min_confidence: float | dict[str, float] | None = None,
                  keep_background: bool = False, crop: CropSpec | None = None):
+        """``min_confidence``: below it a defect is ``uncertain``; one value for every subtype, or a
+        value per subtype (``"*"``: every other one; subtypes not named keep the bundle's own, chosen
+        by ``train --target-precision``)."""
         self.bundle = bundle
         self.proposer = proposer
         self.min_area = min_area
-        self.min_confidence = min_confidence
+        self.thresholds = _thresholds(bundle, min_confidence)
         self.keep_background = keep_background
         self.crop = crop or CropSpec(**bundle.manifest.get("training", {}).get("crop", {}))
         self.model_info = {"path": str(bundle.path), "taxonomy": bundle.taxonomy.name,
@@ -253,7 +279,8 @@ class DefectClassifier:
             d.scores = {"subtype": {s: round(float(p), 4) for s, p in zip(subtypes, decision.subtype_proba[i])}}
             if decision.category_proba is not None:
                 d.scores["category"] = {c: round(float(p), 4) for c, p in zip(categories, decision.category_proba[i])}
-            if self.min_confidence is not None and d.confidence < self.min_confidence:
+            threshold = self.thresholds.get(d.subtype)
+            if threshold is not None and d.confidence < threshold:
                 d.category = d.subtype = UNCERTAIN
 
 

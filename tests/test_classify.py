@@ -18,6 +18,7 @@ from defectkit.jobs.classify import ClassifyOptions, classify_images
 from defectkit.cli import app
 from defectkit.crops import CropSpec
 from defectkit.jobs.extract import ExtractOptions, extract
+from defectkit.errors import DefectkitError
 from defectkit.geometry import connected_regions
 from defectkit.images import read_image
 from defectkit.pipeline import DefectClassifier, Result
@@ -171,8 +172,18 @@ def test_background_is_dropped_unless_kept(model):
 def test_min_confidence_marks_doubtful_defects_uncertain(model):
     bundle, test = model
     path = sorted((test / "MT_Crack").glob("*.jpg"))[0]
-    result = DefectClassifier.load(bundle, create_proposer("given"), min_confidence=1.01).classify(path)
+    result = DefectClassifier.load(bundle, create_proposer("given"), min_confidence=1.0).classify(path)
     assert result.defects and all(d.subtype == "uncertain" and d.category == "uncertain" for d in result.defects)
+
+
+def test_thresholds_per_subtype_leave_the_other_subtypes_alone(model):
+    bundle, test = model
+    pore, crack = sorted((test / "MT_Blowhole").glob("*.jpg"))[0], sorted((test / "MT_Crack").glob("*.jpg"))[0]
+    strict = DefectClassifier.load(bundle, create_proposer("given"), min_confidence={"blowhole": 1.0})
+    assert {d.subtype for d in strict.classify(pore).defects} == {"uncertain"}
+    assert "uncertain" not in {d.subtype for d in strict.classify(crack).defects}
+    with pytest.raises(DefectkitError, match="not a subtype of the model"):
+        DefectClassifier.load(bundle, create_proposer("given"), min_confidence={"pore": 0.5})
 
 
 def test_classify_batch_streams_and_reports_bad_images(model, tmp_path):

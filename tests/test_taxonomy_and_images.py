@@ -136,3 +136,16 @@ def test_expected_calibration_error_is_the_weighted_gap_between_confidence_and_a
     assert perfect["ece"] == 0
     over = calibration(np.array([1, 0, 0, 0]), np.array([0.95, 0.95, 0.95, 0.95]))
     assert over["ece"] == pytest.approx(0.7) and over["bins"] == [[0.95, 0.25, 4]]
+
+
+def test_precision_thresholds_keep_the_confident_predictions_that_reach_the_target():
+    from defectkit.metrics import precision_thresholds
+
+    true = np.array(["pit"] * 6 + ["scratch"] * 2 + ["pit"] * 5 + ["background"] * 5)
+    predicted = np.array(["pit"] * 8 + ["scratch"] * 5 + ["background"] * 5)
+    confidence = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.4, 0.3] + [0.9] * 5 + [0.9] * 5)
+    chosen = precision_thresholds(true, predicted, confidence, target=0.9)
+    assert chosen["pit"] == 0.7  # the six most confident pits are right; the two below are scratches
+    assert chosen["scratch"] is None  # no threshold makes these five right
+    assert "background" not in chosen
+    assert precision_thresholds(true[:6], predicted[:6], confidence[:6], target=0.9) == {"pit": 0.0}

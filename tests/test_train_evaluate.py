@@ -33,7 +33,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(data):
     train_dir, _, root = data
-    result = run("train", train_dir, "--taxonomy", TAXONOMY, "--out", root / "model", "--cv", 2, *BACKBONE)
+    result = run("train", train_dir, "--taxonomy", TAXONOMY, "--out", root / "model", "--cv", 2, "--target-precision", 0.9, *BACKBONE)
     assert result.exit_code == 0, result.output
     return root / "model", result.output
 
@@ -44,6 +44,11 @@ def test_train_prints_cross_validated_figures_and_writes_a_bundle(trained):
     assert "RANDOM" in output  # random backbone weights are never silent
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["metrics"]["cv"]["k"] == 2 and 0 <= manifest["metrics"]["subtype"]["macro_f1"] <= 1
+    assert "expected calibration error" in output and 0 <= manifest["metrics"]["calibration"]["ece"] <= 1
+    thresholds = manifest["thresholds"]
+    assert thresholds["target_precision"] == 0.9 and "2-fold" in thresholds["chosen_on"]
+    assert set(thresholds["per_class"]) <= {"blowhole", "uneven", "crack", "fray"}
+    assert all(t is None or 0 <= t <= 1 for t in thresholds["per_class"].values())
 
 
 def test_evaluate_a_bundle_on_held_out_crops(trained, data, tmp_path):

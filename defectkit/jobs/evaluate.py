@@ -30,6 +30,8 @@ class CVResult:
     folds: list[tuple[np.ndarray, np.ndarray]]
     reports: dict[str, dict]  # model name -> report over all out-of-fold predictions
     per_fold: dict[str, list[float]] = field(default_factory=dict)  # model name -> subtype macro-F1 per fold
+    predicted: np.ndarray | None = None  # the model's out-of-fold subtype per crop
+    confidence: np.ndarray | None = None  # and its confidence
 
     def to_dict(self, main: str = "hierarchy") -> dict:
         out = dict(self.reports[main])
@@ -114,7 +116,7 @@ def cross_validate(
             on_fold(len(per_fold["hierarchy"]) - 1, per_fold["hierarchy"])
     reports = {name: report(taxonomy, y, subtype[name], category if name == "hierarchy" else None,
                             confidence if name == "hierarchy" else None) for name in names}
-    return CVResult(len(folds), folds, reports, per_fold)
+    return CVResult(len(folds), folds, reports, per_fold, subtype["hierarchy"].astype(str), confidence)
 
 
 def _defect_macro_f1(true: np.ndarray, predicted: np.ndarray) -> float:

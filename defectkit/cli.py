@@ -548,6 +548,7 @@ def evaluate(
     baselines: bool = typer.Option(False, "--baselines", help="With --cv: also score each base learner alone and the flat stack, on the same folds."),
     report: Optional[Path] = typer.Option(None, "--report", "-r", help="Write the report JSON here."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write confusion-matrix PNGs into this folder."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write report.html (confusion matrices, per-subtype table, reliability plot, the most confident mistakes with their crops) into this folder."),
     backbone: Optional[str] = _BACKBONE,
     backbone_weights: Optional[str] = _WEIGHTS,
     image_size: Optional[int] = _IMAGE_SIZE,
@@ -583,16 +584,20 @@ def evaluate(
     title = f"{result['cv']['k']}-fold CV grouped by source image" if cv else f"{model} on {dataset}"
     print_scores({**result.get("baselines", {}), "hierarchy": result}, title)
     print_per_class(result)
-    _write_outputs(result, report, plots)
+    _write_outputs(result, report, plots, html, title)
 
 
-def _write_outputs(result: dict, report: Optional[Path], plots: Optional[Path]) -> None:
+def _write_outputs(result: dict, report: Optional[Path], plots: Optional[Path], html: Optional[Path] = None, title: str = "") -> None:
     import json
 
     from defectkit.images import atomic_write_text
     from defectkit.plots import confusion_pngs
 
     out = Console()
+    if html is not None:
+        from defectkit.report import write_evaluate_report
+
+        out.print(f"HTML report: {write_evaluate_report(result, html, title)}", soft_wrap=True)
     if report is not None:
         atomic_write_text(report, json.dumps(result, indent=2) + "\n")
         out.print(f"report: {report}", soft_wrap=True)

@@ -41,3 +41,27 @@ def confusion_pngs(report: dict, folder: str | Path, prefix: str = "") -> list[P
         plt.close(figure)
         paths.append(path)
     return paths
+
+
+def reliability_png(calibration: dict, path: str | Path) -> Path:
+    """Accuracy against confidence per bin (a calibrated model lies on the diagonal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = np.asarray(calibration["bins"], dtype=float).reshape(-1, 3)
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="calibrated")
+    axes.scatter(bins[:, 0], bins[:, 1], s=20 + 200 * bins[:, 2] / max(bins[:, 2].max(), 1), label="bins (size: crops)")
+    axes.plot(bins[:, 0], bins[:, 1])
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("confidence")
+    axes.set_ylabel("accuracy")
+    axes.set_title(f"reliability: ECE {calibration['ece']:.3f}")
+    axes.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)

@@ -54,3 +54,33 @@ def write_run_report(out: Path, images: list[dict], defects: list[dict], files: 
 def _text(name: str) -> str:
     """A file name as text for the page (bytes that are not UTF-8 shown as replacement marks)."""
     return os.fsencode(name).decode("utf-8", errors="replace")
+
+
+def write_evaluate_report(result: dict, folder: Path, title: str, mistakes: int = 48) -> Path:
+    """``folder/report.html`` for an evaluation: scores, per-subtype table, confusion matrices at
+    both levels, a reliability plot, and the most confident mistakes with their crops (copied
+    into ``folder/mistakes/`` so that the folder stands on its own)."""
+    import shutil
+
+    from defectkit.plots import confusion_pngs, reliability_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = [p.name for p in confusion_pngs(result, folder)]
+    if result.get("calibration"):
+        figures.append(reliability_png(result["calibration"], folder / "reliability.png").name)
+    wrong = [p for p in result.get("predictions", []) if p["true"] != p["predicted"]]
+    worst = sorted(wrong, key=lambda p: -p["confidence"])[:mistakes]
+    (folder / "mistakes").mkdir(exist_ok=True)
+    shown = []
+    for index, mistake in enumerate(worst):
+        crop = Path(mistake["crop"] or "")
+        picture = f"mistakes/{index:03d}{crop.suffix or '.png'}"
+        if crop.is_file():
+            shutil.copyfile(crop, folder / picture)
+        shown.append({**mistake, "picture": picture, "image": _text(str(mistake["image"]))})
+    environment = Environment(loader=PackageLoader("defectkit", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    html = environment.get_template("evaluate_report.html.j2").render(title=title, report=result, figures=figures,
+                                                                       mistakes=shown, wrong=len(wrong))
+    path = folder / "report.html"
+    atomic_write_text(path, html)
+    return path

@@ -53,7 +53,8 @@ def test_train_prints_cross_validated_figures_and_writes_a_bundle(trained):
 
 def test_evaluate_a_bundle_on_held_out_crops(trained, data, tmp_path):
     _, test_dir, _ = data
-    result = run("evaluate", test_dir, "--model", trained[0], "--report", tmp_path / "report.json", "--plots", tmp_path / "plots", "-q", "--no-cache")
+    result = run("evaluate", test_dir, "--model", trained[0], "--report", tmp_path / "report.json", "--plots", tmp_path / "plots",
+                 "--html", tmp_path / "html", "-q", "--no-cache")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["n"] == 30
@@ -67,6 +68,14 @@ def test_evaluate_a_bundle_on_held_out_crops(trained, data, tmp_path):
     for name in ("category_confusion.png", "subtype_confusion.png"):
         image = cv2.imread(str(tmp_path / "plots" / name))
         assert image is not None and image.shape[0] > 100
+    predictions = report["predictions"]  # every crop: which were wrong, and how sure the model was
+    assert len(predictions) == 30 and sum(p["true"] == p["predicted"] for p in predictions) == np.trace(matrix)
+    html = (tmp_path / "html" / "report.html").read_text()
+    assert f'<td id="macro-f1">{report["subtype"]["macro_f1"]:.3f}</td>' in html
+    assert f'<td id="ece">{report["calibration"]["ece"]:.3f}</td>' in html
+    wrong = 30 - int(np.trace(matrix))
+    assert html.count('class="mistake"') == min(wrong, 48) and len(list((tmp_path / "html" / "mistakes").iterdir())) == min(wrong, 48)
+    assert cv2.imread(str(tmp_path / "html" / "reliability.png")) is not None
 
 
 def test_cross_validation_with_baselines_on_the_same_folds(data, tmp_path):

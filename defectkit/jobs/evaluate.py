@@ -32,10 +32,13 @@ class CVResult:
     per_fold: dict[str, list[float]] = field(default_factory=dict)  # model name -> subtype macro-F1 per fold
     predicted: np.ndarray | None = None  # the model's out-of-fold subtype per crop
     confidence: np.ndarray | None = None  # and its confidence
+    crops: LabelledCrops | None = None  # the crops (set by evaluate_cv, for per-crop rows)
 
     def to_dict(self, main: str = "hierarchy") -> dict:
         out = dict(self.reports[main])
         out["cv"] = {"k": self.k, "grouped_by": "source image", "subtype_macro_f1_per_fold": self.per_fold[main]}
+        if self.crops is not None and self.predicted is not None:
+            out["predictions"] = per_crop(self.crops, self.predicted, self.confidence)
         others = {name: {**r, "subtype_macro_f1_per_fold": self.per_fold[name]} for name, r in self.reports.items() if name != main}
         if others:
             out["baselines"] = others
@@ -139,7 +142,9 @@ def evaluate_cv(
     spec = config.feature_spec()
     X = build_features(crops.records, spec, config.embedder(), cache, progress)
     with parallel_folds():
-        return cross_validate(X, crops, taxonomy, config, spec, k, baselines, progress)
+        result = cross_validate(X, crops, taxonomy, config, spec, k, baselines, progress)
+    result.crops = crops
+    return result
 
 
 def evaluate_bundle(dataset: str | Path, model_dir: str | Path, cache=None, progress: bool = True, device: str | None = None) -> dict:
@@ -153,4 +158,11 @@ def evaluate_bundle(dataset: str | Path, model_dir: str | Path, cache=None, prog
     category, subtype, confidence, *_ = decide(bundle.model, X)
     out = report(bundle.taxonomy, crops.subtypes, subtype, category, confidence)
     out["model"] = str(model_dir)
+    out["predictions"] = per_crop(crops, subtype, confidence)
     return out
+
+
+def per_crop(crops: LabelledCrops, predicted, confidence) -> list[dict]:
+    """One row per crop: where it is, what it is, what the model said and how sure it was."""
+    return [{"crop": r.get("crop_path"), "image": r.get("image"), "true": str(t), "predicted": str(p), "confidence": round(float(c), 4)}
+            for r, t, p, c in zip(crops.records, crops.subtypes, predicted, confidence)]

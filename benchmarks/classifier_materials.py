@@ -42,6 +42,8 @@ FEATURE_SETS = {
     "geometry+texture": dict(embedding=False, texture=True),
     "geometry+embedding (default)": dict(),
     "geometry+texture+embedding": dict(texture=True),
+    "g+t+e, flat stack": dict(texture=True, flat=True),
+    "g+t+e, stack folds grouped": dict(texture=True, grouped_stack=True),
 }
 
 

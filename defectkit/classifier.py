@@ -42,6 +42,7 @@ class ClassifierConfig:
     passthrough_geometry: bool = False
     rejection_threshold: float | None = None
     flat: bool = False
+    grouped_stack: bool = False  # the stack's inner folds grouped by source image (see fit_model)
     learner_params: tuple[tuple[str, float | int | str], ...] = ()
     seed: int = 0
     device: str | None = None  # where the backbone embeds (default CUDA when present); not part of the model
@@ -91,6 +92,11 @@ class ClassifierConfig:
             steps.append(("reduce", EmbeddingPCA(start=spec.n_tabular, n_components=self.pca, random_state=self.seed)))
         steps.append(("classify", head))
         return Pipeline(steps)
+
+
+def fit_model(model: Pipeline, X, y, groups, config: ClassifierConfig) -> Pipeline:
+    """Fit; with ``config.grouped_stack`` the stacks' inner folds keep each source image on one side."""
+    return model.fit(X, y, classify__groups=groups) if config.grouped_stack else model.fit(X, y)
 
 
 def split_head(model: Pipeline, X):

@@ -141,3 +141,23 @@ def test_bad_labels_are_clear_errors(data):
 def test_scikit_learn_estimator_checks(estimator, check):
     """scikit-learn's own contract tests (fit/predict, cloning, input validation, not-fitted errors)."""
     check(estimator)
+
+
+def test_grouped_inner_folds_keep_each_group_on_one_side(monkeypatch):
+    import defectkit.ensemble.stack as stack_module
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    y = np.repeat(["a", "b", "c"], 20)
+    groups = np.repeat(np.arange(30), 2)  # two rows per source image
+    seen = []
+    real = stack_module.cross_val_predict
+
+    def spy(estimator, X, y, groups=None, cv=None, **kwargs):
+        for train, test in cv.split(X, y, groups):
+            seen.append(set(groups[train]) & set(groups[test]))
+        return real(estimator, X, y, groups=groups, cv=cv, **kwargs)
+
+    monkeypatch.setattr(stack_module, "cross_val_predict", spy)
+    StackedEnsemble(random_state=0).fit(X, y, groups=groups)
+    assert seen and all(not shared for shared in seen)

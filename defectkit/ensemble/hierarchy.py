@@ -54,9 +54,11 @@ class Hierarchy(ClassifierMixin, BaseEstimator):
             raise ValueError(f"label(s) {unknown} are not subtypes of the taxonomy (subtypes: {', '.join(sorted(parents))})")
         return parents
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
+        """``groups``: passed to each stack (see :meth:`StackedEnsemble.fit`)."""
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float64)
+        groups = None if groups is None else np.asarray(groups)
         check_classification_targets(y)
         parents = self._parents(np.unique(y))
         categories = np.array([parents[str(s)] for s in y])
@@ -64,12 +66,16 @@ class Hierarchy(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique(y)
         self.categories_ = np.unique(categories)
         self.parent_ = np.array([parents[str(s)] for s in self.classes_])
-        self.level1_ = clone(estimator).fit(X, categories) if len(self.categories_) > 1 else None
+        def fitted(rows, labels):
+            model = clone(estimator)
+            return model.fit(X[rows], labels) if groups is None else model.fit(X[rows], labels, groups=groups[rows])
+
+        self.level1_ = fitted(slice(None), categories) if len(self.categories_) > 1 else None
         self.level2_ = {}
         for category in self.categories_:
             inside = categories == category
             if len(np.unique(y[inside])) > 1:
-                self.level2_[str(category)] = clone(estimator).fit(X[inside], y[inside])
+                self.level2_[str(category)] = fitted(inside, y[inside])
         return self
 
     def predict_category_proba(self, X) -> np.ndarray:

@@ -15,10 +15,12 @@ checks (``tests/test_ensemble.py``).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 from numbers import Integral
 
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
@@ -77,7 +79,10 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"estimators: {name!r} ({type(estimator).__name__}) has no predict_proba")
         return members
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
+        """``groups`` (e.g. each crop's source image): the inner folds that make the meta-learner's
+        training rows keep a group on one side, so no base learner has seen a sibling of a row it
+        predicts."""
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
@@ -90,10 +95,18 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
         if counts.min() < 2:
             rare = [str(c) for c, n in zip(self.classes_, counts) if n < 2]
             raise ValueError(f"class(es) {rare} have a single sample; every class needs at least 2")
-        folds = StratifiedKFold(min(self.cv, int(counts.min())), shuffle=True, random_state=self.random_state)
+        if groups is None:
+            folds = StratifiedKFold(min(self.cv, int(counts.min())), shuffle=True, random_state=self.random_state)
+        else:
+            groups = np.asarray(groups)
+            fewest = min(len(np.unique(groups[encoded == c])) for c in range(len(self.classes_)))
+            folds = StratifiedGroupKFold(max(2, min(self.cv, fewest)), shuffle=True, random_state=self.random_state)
         members = self._members()
         jobs = getattr(self, "n_jobs", None)  # bundles saved before n_jobs existed
-        out_of_fold = [cross_val_predict(clone(est), X, encoded, cv=folds, method="predict_proba", n_jobs=jobs) for _, est in members]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from a grouped fold: its column is 0 there
+            out_of_fold = [cross_val_predict(clone(est), X, encoded, groups=groups, cv=folds, method="predict_proba", n_jobs=jobs)
+                           for _, est in members]
         self.estimators_ = Parallel(n_jobs=jobs)(delayed(clone(est).fit)(X, encoded) for _, est in members)
         self.named_estimators_ = {name: est for (name, _), est in zip(members, self.estimators_)}
         final = default_final_estimator() if self.final_estimator is None else self.final_estimator

@@ -12,7 +12,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
-from defectkit.classifier import ClassifierConfig, decide, split_head
+from defectkit.classifier import ClassifierConfig, decide, fit_model, split_head
 from defectkit.errors import DefectkitError
 from defectkit.features import FeatureSpec, build_features
 from defectkit.labelled import LabelledCrops, check_trainable, load_labelled
@@ -105,10 +105,10 @@ def cross_validate(
     confidence = np.zeros(len(y))
     per_fold = {name: [] for name in names}
     for train, test in tqdm(folds, desc=f"{len(folds)}-fold CV", unit="fold", disable=not progress):
-        model = config.model(taxonomy, spec).fit(X[train], y[train])
+        model = fit_model(config.model(taxonomy, spec), X[train], y[train], crops.groups[train], config)
         category[test], subtype["hierarchy"][test], confidence[test], *_ = decide(model, X[test])
         if baselines:
-            flat = config.model(taxonomy, spec, flat=True).fit(X[train], y[train])
+            flat = fit_model(config.model(taxonomy, spec, flat=True), X[train], y[train], crops.groups[train], config)
             subtype["flat stack"][test] = flat.predict(X[test])
             stack, Xt = split_head(flat, X[test])
             for name, proba in stack.member_proba(Xt).items():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from defectkit.bundle import save_bundle
-from defectkit.classifier import ClassifierConfig
+from defectkit.classifier import ClassifierConfig, fit_model
 from defectkit.data.manifest import crop_settings, negatives_settings
 from defectkit.jobs.evaluate import CVResult, cross_validate
 from defectkit.features import build_features
@@ -62,7 +62,7 @@ def train(
         with stage(timings, "cv"):
             result = cross_validate(X, crops, taxonomy, config, spec, cv, progress=progress) if cv else None
         with stage(timings, "fit"):
-            model = config.model(taxonomy, spec).fit(X, crops.subtypes)
+            model = fit_model(config.model(taxonomy, spec), X, crops.subtypes, crops.groups, config)
     summary = {**crops.summary(), "config": config.to_dict(), "crop": crop_settings(dataset),
                "negatives_from": negatives_settings(dataset), **(record or {})}
     metrics = result.to_dict() if result else {}

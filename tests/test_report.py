@@ -54,3 +54,22 @@ def test_chromium_renders_the_report_with_the_right_counts_and_pictures(run, tmp
     assert sorted(cards) == ["defect", "defect", "defect", "failed", "ok"] and cards[0] == "failed"  # worth a look first
     assert re.search(r'<td data-verdict="defect">3</td>', dom) and re.search(r'<td data-verdict="ok">1</td>', dom)
     assert len(re.findall(r'<img loading="lazy" src="[^"]+\.png"', dom)) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium here (.ci/run installs Debian's chromium)")
+def test_the_demo_run_report_shows_its_counts_in_chromium(tmp_path):
+    from tests.conftest import ROOT, SAMPLE
+
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["classify", str(SAMPLE), "-m", str(ROOT / "models" / "magnetic-tile"), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    rows = (out / "images.csv").read_text().splitlines()[1:]
+    assert len(rows) == 14
+    verdicts = [row.split(",")[1] for row in rows]
+    dom = rendered(out / "report.html", tmp_path / "profile")
+    assert "page 1 of 1 (14 images)" in dom
+    for verdict in ("ok", "defect", "uncertain", "failed"):
+        assert f'<td data-verdict="{verdict}">{verdicts.count(verdict)}</td>' in dom
+    assert len(re.findall(r'class="card verdict-', dom)) == 14
+    assert len(re.findall(r'<img loading="lazy" src="[^"]+\.png"', dom)) == 14

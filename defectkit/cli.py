@@ -676,6 +676,11 @@ def classify(
     overlay_format: str = _OVERLAY_FORMAT,
     resume: bool = typer.Option(False, help="Keep images whose results already exist in --out."),
     device: Optional[str] = _DEVICE,
+    engine: str = typer.Option("local", help="local, or ray: an actor pool on a Ray cluster (pip install 'defectkit[ray]')."),
+    address: Optional[str] = typer.Option(None, help="--engine ray: the cluster to join (auto, or ray://host:10001); default a local Ray."),
+    workers: int = typer.Option(1, help="--engine ray: actors, each with the model loaded once."),
+    cpus_per_worker: float = typer.Option(1, help="--engine ray: CPUs per actor (its torch threads)."),
+    gpus_per_worker: float = typer.Option(0, help="--engine ray: GPUs per actor (fractions share one)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Find and classify the defects on images: per-image JSON and overlay, images.csv (a verdict per
@@ -707,19 +712,37 @@ def classify(
         if proposer not in proposer_names():
             raise DefectkitError(f"unknown proposer {proposer!r}; choose one of: {', '.join(proposer_names())}")
         device = device and _device(device)
-        classifier = DefectClassifier.load(model, proposer, sam2_checkpoint, sam2_config, proposer_model, proposer_options,
-                                           device=device, min_area=min_area, min_confidence=thresholds or None, keep_background=keep_background)
-        chosen = classifier.proposer
-        console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
-        if (warning := classifier.negatives_warning()) is not None:
-            console.print(f"warning: {warning}", soft_wrap=True, markup=False, style="yellow")
-        report, rows = classify_images(inputs, out, classifier, options, progress=not quiet)
+        settings = dict(min_area=min_area, min_confidence=thresholds or None, keep_background=keep_background)
+        if engine not in ("local", "ray"):
+            raise DefectkitError(f"--engine must be local or ray, got {engine!r}")
+        if engine == "ray":
+            from defectkit.distributed import start
+            from defectkit.jobs.classify import classify_on_ray
+
+            if sam2_checkpoint or sam2_config or proposer_model:
+                raise DefectkitError("--engine ray takes the proposer the model carries, or one by name; not --sam2-* or --proposer-model")
+            start(address)
+            console.print(f"engine: ray, {workers} worker(s) of {cpus_per_worker} CPU and {gpus_per_worker} GPU; proposer {proposer}",
+                          soft_wrap=True, markup=False)
+            report, rows = classify_on_ray(inputs, out, model, options, progress=not quiet, proposer=proposer,
+                                           proposer_options=proposer_options, workers=workers, cpus_per_worker=cpus_per_worker,
+                                           gpus_per_worker=gpus_per_worker, device=device, options=settings)
+            chosen_name = proposer
+        else:
+            classifier = DefectClassifier.load(model, proposer, sam2_checkpoint, sam2_config, proposer_model, proposer_options,
+                                               device=device, **settings)
+            chosen = classifier.proposer
+            console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
+            if (warning := classifier.negatives_warning()) is not None:
+                console.print(f"warning: {warning}", soft_wrap=True, markup=False, style="yellow")
+            report, rows = classify_images(inputs, out, classifier, options, progress=not quiet)
+            chosen_name = chosen.describe().get("name")
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
     verdicts = Counter(r["verdict"] for r in report.images)
     print_run_summary(Counter(r["subtype"] or r["category"] or "defect" for r in rows), verdicts)
     rate = report.done / report.seconds if report.seconds else 0.0
-    typer.echo(f"proposer: {chosen.describe().get('name')}; {report.done} image(s) classified ({rate:.1f} img/s), "
+    typer.echo(f"proposer: {chosen_name}; {report.done} image(s) classified ({rate:.1f} img/s), "
                f"{verdicts['defect'] + verdicts['uncertain']} with defects, {len(rows)} defect(s), {report.skipped} kept from before, "
                f"{len(report.failed)} failed; results in {out} (images.csv: one verdict per image)")
     if report.failed:

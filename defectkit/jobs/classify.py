@@ -38,14 +38,30 @@ def classify_images(inputs: list[str | Path], out: str | Path, classifier: Defec
                     timings: Timings | None = None) -> tuple[BatchReport, list[dict]]:
     """Classify every image of ``inputs`` into ``out``; returns the batch report and the CSV rows.
     ``timings`` adds the seconds of each stage (read, propose, polygonize, crop, embed, classify, write)."""
-    taxonomy = classifier.bundle.taxonomy
-    coco = CocoWriter(categories=[*taxonomy.subtypes, UNCERTAIN],
-                      supercategories={s: taxonomy.category_of(s) for s in taxonomy.subtypes})
 
     def outcomes(paths):
         for path, image, result in classifier.stream(paths, timings, options.chunk_size, options.workers):
             yield path, image, result if isinstance(result, Exception) else (result.to_json(), result.defects)
 
+    return _write(inputs, out, classifier.bundle.taxonomy, outcomes, options, progress, timings)
+
+
+def classify_on_ray(inputs: list[str | Path], out: str | Path, model_dir: str | Path, options: ClassifyOptions = ClassifyOptions(),
+                    progress: bool = True, **ray_settings) -> tuple[BatchReport, list[dict]]:
+    """As :func:`classify_images`, the images classified by an actor pool on Ray (see
+    :mod:`defectkit.distributed`; ``ray_settings``: proposer, proposer_options, workers,
+    cpus_per_worker, gpus_per_worker, device, options); the files written are the same."""
+    from defectkit.bundle import read_manifest
+    from defectkit.distributed import ray_outcomes
+    from defectkit.taxonomy import Taxonomy
+
+    taxonomy = Taxonomy(**{k: v for k, v in read_manifest(model_dir)["taxonomy"].items() if k in ("name", "categories", "aliases")})
+    return _write(inputs, out, taxonomy, ray_outcomes(model_dir, **ray_settings), options, progress, None)
+
+
+def _write(inputs, out, taxonomy, outcomes, options: ClassifyOptions, progress: bool, timings) -> tuple[BatchReport, list[dict]]:
+    coco = CocoWriter(categories=[*taxonomy.subtypes, UNCERTAIN],
+                      supercategories={s: taxonomy.category_of(s) for s in taxonomy.subtypes})
     return write_results(inputs, out, outcomes, coco, overlays=options.overlays, resume=options.resume,
                          csv_file=SUMMARY_CSV, coco_file=COCO_FILE if options.coco else None,
                          desc="classify", progress=progress, timings=timings, overlay_format=options.overlay_format,

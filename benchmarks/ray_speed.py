@@ -1,0 +1,58 @@
+"""Throughput of classify on Ray against the local path, on magnetic-tile images (the shipped model,
+the classical proposer): images/s for the local run and for --engine ray with 1 and 2 workers, that
+Ray's files equal the local run's, and the per-image time Ray adds.
+
+    .venv/bin/python benchmarks/ray_speed.py [--images 200] [--workers 1 --workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "datasets" / "magnetic-tile"
+
+
+def run(label: str, images: Path, out: Path, extra: list[str]) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "defectkit", "classify", str(images), "-m", str(ROOT / "models" / "magnetic-tile"),
+               "-o", str(out), "-p", "classical", "-q", *extra]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode not in (0, 1):
+        raise SystemExit(done.stdout + done.stderr)
+    rate = [line for line in done.stdout.splitlines() if "img/s" in line]
+    print(f"{label:<22} {seconds:7.1f} s wall (model loading and Ray start included); {rate[-1] if rate else ''}", flush=True)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--workers", type=int, action="append")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/defectkit-bench/ray"))
+    args = parser.parse_args()
+    images = args.work / "images"
+    shutil.rmtree(images, ignore_errors=True)
+    images.mkdir(parents=True)
+    found = sorted(DATA.rglob("*.jpg"))
+    for path in found[:: max(1, len(found) // args.images)][: args.images]:
+        (images / f"{path.parent.parent.name}-{path.name}").symlink_to(path)
+    local = run("local", images, args.work / "local", [])
+    files = lambda out: {p.name: p.read_bytes() for p in out.iterdir() if p.name not in (".defectkit.lock", "report.html")}  # noqa: E731
+    for workers in args.workers or [1, 2]:
+        out = args.work / f"ray-{workers}"
+        seconds = run(f"ray, {workers} worker(s)", images, out, ["--engine", "ray", "--workers", str(workers)])
+        same = files(out) == files(args.work / "local")
+        print(f"  files equal to the local run's: {same}; against local: {local / seconds:.2f}x throughput, "
+              f"{(seconds - local) / args.images * 1000:+.0f} ms per image", flush=True)
+
+
+if __name__ == "__main__":
+    main()

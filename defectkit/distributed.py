@@ -1,0 +1,126 @@
+"""Classifying on a Ray cluster (``pip install defectkit[ray]``): Ray Data moves the images through an
+actor pool, each actor loads the classifier once, and the driver writes exactly the files a local
+run writes (``jobs.batch.write_results``: per-image JSON and overlay, CSVs, COCO, report, resume).
+
+Each actor reads its images itself, from paths every machine sees (a shared file system): an
+unreadable or corrupt file is then one error row, as in a local run, rather than a failed read of
+the whole data set. The images come back with their results in input order (Ray Data keeps it
+when asked), so the driver's resume and CSV order are those of a local run. An actor that dies is
+restarted and its batch retried (``max_restarts``, ``max_task_retries``): no image is lost, and
+since the driver writes each image once, in order, none is written twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from defectkit.errors import DefectkitError
+
+class RemoteError(DefectkitError):
+    """An image's failure on an actor, carried back to the driver."""
+
+
+BATCH_IMAGES = 8  # images per Ray batch: large enough to amortise scheduling, small for retries
+
+
+def require_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise DefectkitError("--engine ray needs Ray: pip install 'defectkit[ray]'") from None
+    return ray
+
+
+def start(address: str | None = None, cpus: int | None = None):
+    """Join the cluster at ``address`` (``auto``: the one this machine is part of), or start a
+    local one; keeps results in input order."""
+    ray = require_ray()
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    return ray
+
+
+class ClassifyActor:
+    """One per worker: the classifier loaded once, then batches of image paths classified."""
+
+    def __init__(self, model_dir: str, proposer: str = "auto", proposer_options: dict | None = None, threads: int = 1,
+                 device: str | None = None, options: dict | None = None):
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        from defectkit.pipeline import DefectClassifier
+
+        torch.set_num_threads(max(1, int(threads)))  # this actor's share of the machine's cores
+        threadpool_limits(max(1, int(threads)))
+        self.classifier = DefectClassifier.load(model_dir, proposer, proposer_options=proposer_options, device=device, **(options or {}))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        from defectkit.export import dumps
+        from defectkit.images import read_image
+
+        out: dict[str, list] = {"path": [], "record": [], "error": [], "image": []}
+        for path in batch["path"]:
+            record, error, image = "", "", np.zeros((0, 0, 3), np.uint8)
+            try:
+                image = read_image(path)
+                record = dumps(self.classifier.classify(image, image_path=path).to_json())
+            except Exception as exc:  # one bad image is one error row
+                error = json.dumps({"type": type(exc).__name__, "message": str(exc)})
+            out["path"].append(str(path))
+            out["record"].append(record)
+            out["error"].append(error)
+            out["image"].append(image)
+        return out
+
+
+def classify_dataset(ds, model_dir: str | Path, proposer: str = "auto", proposer_options: dict | None = None, workers: int = 1,
+                     cpus_per_worker: float = 1, gpus_per_worker: float = 0, device: str | None = None, options: dict | None = None,
+                     batch_size: int = BATCH_IMAGES):
+    """A Ray Dataset of image paths (column ``path``) -> one of results: ``path``, ``record`` (the
+    per-image JSON ``classify`` writes, as text; empty on error), ``error`` (JSON with type and
+    message; empty when fine) and ``image`` (the decoded RGB image, for overlays). Chain it with
+    any Ray pipeline (``write_parquet`` and so on)."""
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(
+        ClassifyActor,
+        fn_constructor_kwargs={"model_dir": str(model_dir), "proposer": proposer, "proposer_options": proposer_options,
+                               "threads": max(1, int(cpus_per_worker)), "device": device, "options": options},
+        batch_size=batch_size,
+        compute=ActorPoolStrategy(size=workers),
+        num_cpus=cpus_per_worker,
+        num_gpus=gpus_per_worker,
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
+
+
+def ray_outcomes(model_dir: str | Path, **settings):
+    """The ``outcomes`` of a batch run (see ``jobs.batch.run_batch``), computed on Ray."""
+    from defectkit.export import defects_from_record
+
+    def outcomes(paths: Iterable[Path]) -> Iterator[tuple]:
+        paths = list(paths)
+        if not paths:
+            return
+        ray = require_ray()
+        ds = classify_dataset(ray.data.from_items([{"path": str(p)} for p in paths]), model_dir, **settings)
+        for expected, row in zip(paths, ds.iter_rows()):
+            if row["path"] != str(expected):
+                raise RuntimeError(f"Ray returned {row['path']} where {expected} was due: results out of order")
+            if row["error"]:
+                error = json.loads(row["error"])
+                # the actor's exception as the driver records it: the same type name and message
+                yield expected, None, type(error["type"], (RemoteError,), {})(error["message"])
+                continue
+            record = json.loads(row["record"])
+            yield expected, np.asarray(row["image"], dtype=np.uint8), (record, defects_from_record(record))
+
+    return outcomes

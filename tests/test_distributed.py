@@ -1,0 +1,102 @@
+"""`classify --engine ray` on a local Ray: the same files as a local run, and nothing lost or written
+twice when an actor or the driver is killed."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'defectkit[ray]'; make test installs it)")
+
+from defectkit.cli import app  # noqa: E402
+from tests.conftest import ROOT, SAMPLE  # noqa: E402
+
+pytestmark = pytest.mark.slow  # starts Ray and loads the shipped model in its actors
+MODEL = ROOT / "models" / "magnetic-tile"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """The shipped examples and one broken file: a bad image is an error row on Ray too."""
+    folder = tmp_path_factory.mktemp("images")
+    for path in sorted(SAMPLE.rglob("*.jpg")):
+        (folder / path.name).symlink_to(path)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_run(images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "out"
+    result = CliRunner().invoke(app, ["classify", str(images), "-m", str(MODEL), "-o", str(out), "-p", "classical", "--coco", "-q"])
+    assert result.exit_code == 1, result.output  # the broken image
+    return out
+
+
+def files(folder):
+    """Every output but the lock and the report (whose title names the folder)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name not in (".defectkit.lock", "report.html")}
+
+
+def ray_args(images, out, *extra):
+    return ["classify", str(images), "-m", str(MODEL), "-o", str(out), "-p", "classical", "--coco", "-q", "--engine", "ray", *extra]
+
+
+def test_ray_writes_the_files_of_a_local_run(local_ray, images, local_run, tmp_path):
+    result = CliRunner().invoke(app, ray_args(images, tmp_path / "ray", "--workers", "2"))
+    assert result.exit_code == 1 and "engine: ray, 2 worker(s)" in result.output, result.output
+    assert files(tmp_path / "ray") == files(local_run)
+
+
+def test_an_actor_killed_mid_run_loses_no_image_and_writes_none_twice(local_ray, images, local_run, tmp_path):
+    from ray.util.state import list_actors
+
+    killed = []
+
+    def kill_one_actor():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+                if "ClassifyActor" in (actor.class_name or "") or "MapWorker" in (actor.class_name or ""):
+                    if actor.pid and (tmp_path / "ray").is_dir() and any((tmp_path / "ray").glob("*.json")):
+                        os.kill(actor.pid, signal.SIGKILL)
+                        killed.append(actor.pid)
+                        return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_actor)
+    killer.start()
+    result = CliRunner().invoke(app, ray_args(images, tmp_path / "ray", "--workers", "1"))
+    killer.join()
+    assert killed, "no actor was found to kill"
+    assert result.exit_code == 1, result.output
+    assert files(tmp_path / "ray") == files(local_run)
+    rows = (tmp_path / "ray" / "summary.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(set(rows))
+
+
+def test_a_killed_driver_resumes_to_the_files_of_a_local_run(images, local_run, tmp_path):
+    out = tmp_path / "ray"
+    command = [sys.executable, "-m", "defectkit", *ray_args(images, out), "--resume"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while driver.poll() is None and time.time() < deadline and len(list(out.glob("*.json"))) < 3:
+        time.sleep(0.05)
+    driver.kill()
+    driver.wait()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "kept from before" in done.stdout
+    assert files(out) == files(local_run)

@@ -726,7 +726,7 @@ def classify(
                           soft_wrap=True, markup=False)
             report, rows = classify_on_ray(inputs, out, model, options, progress=not quiet, proposer=proposer,
                                            proposer_options=proposer_options, workers=workers, cpus_per_worker=cpus_per_worker,
-                                           gpus_per_worker=gpus_per_worker, device=device, options=settings)
+                                           gpus_per_worker=gpus_per_worker, device=device, classifier_options=settings)
             chosen_name = proposer
         else:
             classifier = DefectClassifier.load(model, proposer, sam2_checkpoint, sam2_config, proposer_model, proposer_options,

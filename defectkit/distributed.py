@@ -51,7 +51,7 @@ class ClassifyActor:
     """One per worker: the classifier loaded once, then batches of image paths classified."""
 
     def __init__(self, model_dir: str, proposer: str = "auto", proposer_options: dict | None = None, threads: int = 1,
-                 device: str | None = None, options: dict | None = None):
+                 device: str | None = None, classifier_options: dict | None = None):
         import torch
         from threadpoolctl import threadpool_limits
 
@@ -59,7 +59,7 @@ class ClassifyActor:
 
         torch.set_num_threads(max(1, int(threads)))  # this actor's share of the machine's cores
         threadpool_limits(max(1, int(threads)))
-        self.classifier = DefectClassifier.load(model_dir, proposer, proposer_options=proposer_options, device=device, **(options or {}))
+        self.classifier = DefectClassifier.load(model_dir, proposer, proposer_options=proposer_options, device=device, **(classifier_options or {}))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from defectkit.export import dumps
@@ -81,8 +81,8 @@ class ClassifyActor:
 
 
 def classify_dataset(ds, model_dir: str | Path, proposer: str = "auto", proposer_options: dict | None = None, workers: int = 1,
-                     cpus_per_worker: float = 1, gpus_per_worker: float = 0, device: str | None = None, options: dict | None = None,
-                     batch_size: int = BATCH_IMAGES):
+                     cpus_per_worker: float = 1, gpus_per_worker: float = 0, device: str | None = None,
+                     classifier_options: dict | None = None, batch_size: int = BATCH_IMAGES):
     """A Ray Dataset of image paths (column ``path``) -> one of results: ``path``, ``record`` (the
     per-image JSON ``classify`` writes, as text; empty on error), ``error`` (JSON with type and
     message; empty when fine) and ``image`` (the decoded RGB image, for overlays). Chain it with
@@ -92,7 +92,8 @@ def classify_dataset(ds, model_dir: str | Path, proposer: str = "auto", proposer
     return ds.map_batches(
         ClassifyActor,
         fn_constructor_kwargs={"model_dir": str(model_dir), "proposer": proposer, "proposer_options": proposer_options,
-                               "threads": max(1, int(cpus_per_worker)), "device": device, "options": options},
+                               "threads": max(1, int(cpus_per_worker)), "device": device,
+                               "classifier_options": classifier_options},
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_worker,

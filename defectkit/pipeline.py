@@ -82,7 +82,8 @@ def _thresholds(bundle: Bundle, asked: float | dict[str, float] | None) -> dict[
     if asked:
         asked = dict(asked)
         if "*" in asked:  # every subtype
-            out = {s: float(asked.pop("*")) for s in subtypes if s != BACKGROUND}
+            every = float(asked.pop("*"))
+            out = {s: every for s in subtypes if s != BACKGROUND}
         unknown = sorted(set(asked) - set(subtypes))
         if unknown:
             raise DefectkitError(f"threshold for {', '.join(unknown)}: not a subtype of the model (subtypes: {', '.join(subtypes)})")
@@ -275,7 +276,9 @@ class DefectClassifier:
         for i, d in enumerate(defects):
             d.subtype = str(decision.subtype[i])
             d.category = str(decision.category[i]) if decision.category is not None else self.bundle.taxonomy.category_of(d.subtype)
-            d.confidence = float(decision.confidence[i])
+            # to 4 decimals, as the scores: which images share a backbone pass changes the 8th
+            # (floating-point sums in another order), and a result must not depend on its neighbours
+            d.confidence = round(float(decision.confidence[i]), 4)
             d.scores = {"subtype": {s: round(float(p), 4) for s, p in zip(subtypes, decision.subtype_proba[i])}}
             if decision.category_proba is not None:
                 d.scores["category"] = {c: round(float(p), 4) for c, p in zip(categories, decision.category_proba[i])}

@@ -94,8 +94,8 @@ def test_newer_format_version_says_so(bundle_copy):
 def test_a_manifest_changed_by_one_byte_is_refused(bundle_copy):
     manifest = bundle_copy / "manifest.json"
     text = manifest.read_text()
-    assert '"padding": 0.' in text
-    manifest.write_text(text.replace('"padding": 0.', '"padding": 1.', 1))
+    assert '"created": "20' in text
+    manifest.write_text(text.replace('"created": "20', '"created": "21', 1))
     with pytest.raises(DefectkitError, match="manifest was modified"):
         load_bundle(bundle_copy)
     (bundle_copy / "manifest.sha256").unlink()

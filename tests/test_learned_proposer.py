@@ -142,6 +142,7 @@ def test_bundle_for_another_network_is_refused(trained, tmp_path):
     manifest["network"]["encoder"] = "resnet18"
     manifest["files"]["network.safetensors"] = sha256_file(other / "network.safetensors")
     (other / "proposer.json").write_text(json.dumps(manifest))
+    (other / "proposer.sha256").write_text(sha256_file(other / "proposer.json"))  # forged as one who knows the format would
     with pytest.raises(DefectkitError, match="do not fit"):
         load_proposer(other)
 

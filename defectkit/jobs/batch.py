@@ -324,7 +324,7 @@ def write_results(
         try:
             write_csv(out / csv_file, rows)
             write_csv(out / verdicts_file, report.images, VERDICT_COLUMNS)
-            write_run_report(out, report.images, rows, files, desc, f"{len(paths)} inputs into {out}")
+            write_run_report(out, report.images, rows, files, desc, f"{len(paths)} inputs")
             if coco_file:
                 coco.write(out / coco_file, kind=coco_kind)
         except OSError as exc:

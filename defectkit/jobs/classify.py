@@ -50,7 +50,7 @@ def classify_on_ray(inputs: list[str | Path], out: str | Path, model_dir: str | 
                     progress: bool = True, **ray_settings) -> tuple[BatchReport, list[dict]]:
     """As :func:`classify_images`, the images classified by an actor pool on Ray (see
     :mod:`defectkit.distributed`; ``ray_settings``: proposer, proposer_options, workers,
-    cpus_per_worker, gpus_per_worker, device, options); the files written are the same."""
+    cpus_per_worker, gpus_per_worker, device, classifier_options); the files written are the same."""
     from defectkit.bundle import read_manifest
     from defectkit.distributed import ray_outcomes
     from defectkit.taxonomy import Taxonomy

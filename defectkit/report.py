@@ -39,8 +39,8 @@ def write_run_report(out: Path, images: list[dict], defects: list[dict], files: 
         })
     verdicts = Counter(row["verdict"] for row in images)
     subtypes = Counter(row["subtype"] or row["category"] or "defect" for row in defects)
-    environment = Environment(loader=PackageLoader("defectkit", "templates"), autoescape=select_autoescape(["html", "j2"]))
-    html = environment.get_template("run_report.html.j2").render(
+    html = _render(
+        "run_report.html.j2",
         command=command, title=title, images=images, page_size=PAGE_SIZE,
         verdicts=[(v, verdicts[v]) for v in VERDICTS],
         subtypes=sorted(subtypes.items(), key=lambda item: (-item[1], item[0])),
@@ -49,6 +49,12 @@ def write_run_report(out: Path, images: list[dict], defects: list[dict], files: 
     path = out / "report.html"
     atomic_write_text(path, html)
     return path
+
+
+def _render(template: str, **context) -> str:
+    """A template of ``defectkit/templates``, HTML-escaped."""
+    environment = Environment(loader=PackageLoader("defectkit", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    return environment.get_template(template).render(**context)
 
 
 def _text(name: str) -> str:
@@ -78,9 +84,7 @@ def write_evaluate_report(result: dict, folder: Path, title: str, mistakes: int 
         if crop.is_file():
             shutil.copyfile(crop, folder / picture)
         shown.append({**mistake, "picture": picture, "image": _text(str(mistake["image"]))})
-    environment = Environment(loader=PackageLoader("defectkit", "templates"), autoescape=select_autoescape(["html", "j2"]))
-    html = environment.get_template("evaluate_report.html.j2").render(title=title, report=result, figures=figures,
-                                                                       mistakes=shown, wrong=len(wrong))
+    html = _render("evaluate_report.html.j2", title=title, report=result, figures=figures, mistakes=shown, wrong=len(wrong))
     path = folder / "report.html"
     atomic_write_text(path, html)
     return path

@@ -199,13 +199,10 @@ def run_batch(
                     raise analysis
                 process(path, names[path], image, analysis)
                 report.done += 1
-            except OSError as exc:
-                if exc.errno in FATAL_WRITE_ERRORS:
+            except Exception as exc:  # one bad image must not end a run over thousands; a full disk does
+                if isinstance(exc, OSError) and exc.errno in FATAL_WRITE_ERRORS:
                     raise DefectkitError(f"cannot write into {out} ({exc.strerror}); the results of the images before "
                                          f"{path} are kept: make room and run again with --resume") from exc
-                _failed(report, path, exc)
-                bar.set_postfix(failed=len(report.failed))
-            except Exception as exc:  # one bad image must not end a run over thousands
                 _failed(report, path, exc)
                 bar.set_postfix(failed=len(report.failed))
     finally:

@@ -364,6 +364,7 @@ def train_proposer(
     box_fill: str = typer.Option(_PROPOSER_DEFAULTS.box_fill, help="Boxes as weak masks: ellipse (inscribed) or box (filled)."),
     backbone_weights: Optional[str] = typer.Option(None, help="Start the encoder from a defectkit backbone file (e.g. checkpoints/defectkit-backbone.safetensors); default random."),
     val_fraction: float = typer.Option(_PROPOSER_DEFAULTS.val_fraction, help="Share of the images held out to stop early and choose the threshold."),
+    max_false_per_clean: float = typer.Option(_PROPOSER_DEFAULTS.max_false_per_clean, help="The threshold and minimum area find the most defects with at most this many false regions per defect-free held-out image."),
     seed: int = typer.Option(_PROPOSER_DEFAULTS.seed, help="Seed: split, crops and initial weights."),
     device: Optional[str] = _DEVICE,
     log_dir: Optional[Path] = typer.Option(None, help="TensorBoard folder (written when tensorboard is installed)."),
@@ -385,7 +386,8 @@ def train_proposer(
         network = NetworkSpec(architecture=architecture, encoder=encoder)
         config = replace(_PROPOSER_DEFAULTS, network=network, epochs=epochs, image_size=image_size, batch_size=batch_size, loss=loss,
                          input_scale=input_scale,
-                         box_fill=box_fill, backbone_weights=backbone_weights, val_fraction=val_fraction, seed=seed)
+                         box_fill=box_fill, backbone_weights=backbone_weights, val_fraction=val_fraction,
+                         max_false_per_clean=max_false_per_clean, seed=seed)
         result = run(src, format, Taxonomy.load(taxonomy), out, config, device=_device(device), progress=not quiet, log_dir=log_dir)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)

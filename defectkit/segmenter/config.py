@@ -59,6 +59,7 @@ class TrainProposerConfig:
     tile: int = 512  # inference: images larger than this are tiled
     overlap: int = 64
     min_area: int = 10
+    max_false_per_clean: float = 0.4  # post-processing: most recall with at most this many false regions per clean image
     backbone_weights: str | None = None  # a defectkit backbone file for the encoder; None: random
     seed: int = 0
 
@@ -74,6 +75,8 @@ class TrainProposerConfig:
             raise DefectkitError(f"--input-scale must be between 0.1 and 2, got {self.input_scale}")
         if self.loss not in LOSSES:
             raise DefectkitError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.max_false_per_clean < 0:
+            raise DefectkitError(f"--max-false-per-clean must be 0 or more, got {self.max_false_per_clean}")
         if not 0 < self.val_fraction < 1:
             raise DefectkitError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
 

@@ -1,8 +1,10 @@
 """How well found regions match the true ones, and the post-processing that matches them best.
 
 A true region counts as found when a proposal overlaps it at IoU >= 0.3 (of pixels; of boxes where
-the truth is a box); a proposal that matches no true region is a false proposal. Region F1 weighs
-both, so a post-processing chosen for it neither floods clean images nor drops faint defects.
+the truth is a box); a proposal that matches no true region is a false proposal. The post-processing
+is chosen for the most regions found within a budget of false proposals per defect-free image (the
+classifier's background class rejects most of what remains); ties go to region F1. Without clean
+images to count on, region F1 decides.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from defectkit.matching import one_to_one, region_iou
 from defectkit.segmenter.inference import Postprocess, components, keep
 
 IOU = 0.3
-THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLDS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 SEED_THRESHOLDS = (0.5, 0.7, 0.8, 0.9)
 MIN_AREAS = (10, 25, 50, 100)
 
@@ -56,12 +58,25 @@ class RegionScore:
         p, r = self.precision, self.recall
         return 2 * p * r / (p + r) if p + r else 0.0
 
+    @property
+    def false_per_clean(self) -> float | None:
+        return self.clean_false / self.clean_images if self.clean_images else None
+
+    def rank(self, max_false_per_clean: float) -> tuple:
+        """Larger is better: within the budget, recall then F1; over it, the fewest false proposals."""
+        fpc = self.false_per_clean
+        if fpc is None:
+            return (1, round(self.f1, 6), self.recall)
+        if fpc <= max_false_per_clean:
+            return (1, round(self.recall, 6), round(self.f1, 6))
+        return (0, -fpc, self.recall)
+
     def to_dict(self) -> dict:
         return {
             "region_recall": round(self.recall, 4),
             "region_precision": round(self.precision, 4),
             "region_f1": round(self.f1, 4),
-            "false_per_clean_image": round(self.clean_false / self.clean_images, 4) if self.clean_images else None,
+            "false_per_clean_image": None if self.false_per_clean is None else round(self.false_per_clean, 4),
             "regions": self.regions,
             "images_clean": self.clean_images,
         }
@@ -76,8 +91,8 @@ def score(truths: list[tuple[list[Region], bool]], probabilities: list[np.ndarra
 
 
 def choose_postprocess(truths: list[tuple[list[Region], bool]], probabilities: list[np.ndarray],
-                       min_areas: tuple[int, ...] = MIN_AREAS) -> tuple[Postprocess, RegionScore]:
-    """The threshold, seed threshold and minimum area with the best region F1 (ties: higher recall)."""
+                       min_areas: tuple[int, ...] = MIN_AREAS, max_false_per_clean: float = 0.4) -> tuple[Postprocess, RegionScore]:
+    """The threshold, seed threshold and minimum area that rank best (``RegionScore.rank``)."""
     best: tuple[tuple[float, float], Postprocess, RegionScore] | None = None
     for threshold in THRESHOLDS:
         # components once per threshold; the seed and area rules only filter them
@@ -90,7 +105,7 @@ def choose_postprocess(truths: list[tuple[list[Region], bool]], probabilities: l
             for (regions, peaks), iou in zip(found, ious):
                 kept = [k for k, (r, peak) in enumerate(zip(regions, peaks)) if peak >= seed and r.area >= min_area]
                 result.add(iou[:, kept])
-            key = (round(result.f1, 6), result.recall)
+            key = result.rank(max_false_per_clean)
             if best is None or key > best[0]:
                 best = (key, post, result)
     return best[1], best[2]

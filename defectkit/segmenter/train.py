@@ -76,7 +76,7 @@ def train_network(train: list[SegImage], val: list[SegImage], config: TrainPropo
     monitored = validation_images(val, limit_clean=True)
     train = [rescaled(i, config.input_scale) for i in train]  # validation stays at full size, as inference sees it
 
-    start, best_f1, best_state, history, waited = 0, -1.0, None, [], 0
+    start, best_f1, best_rank, best_state, history, waited = 0, -1.0, None, None, [], 0
     if state_file is not None and state_file.is_file():
         saved = _read_state(state_file, config)
         network.load_state_dict(saved["network"])
@@ -85,6 +85,7 @@ def train_network(train: list[SegImage], val: list[SegImage], config: TrainPropo
         rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(saved["torch_rng"])
         start, best_f1, history, waited = saved["epoch"], saved["best_f1"], saved["history"], saved["waited"]
+        best_rank = tuple(saved["best_rank"]) if saved.get("best_rank") is not None else None
         best_state = saved["best"]
     writer = tensorboard_writer(log_dir, warn=False)
     bar = tqdm(total=total, initial=start * config.steps_per_epoch, desc="train-proposer", unit="step", disable=not progress)
@@ -98,10 +99,11 @@ def train_network(train: list[SegImage], val: list[SegImage], config: TrainPropo
             if epoch % config.eval_every == 0 or epoch == config.epochs:
                 # judged at its best post-processing, as it will be used: a fixed threshold would
                 # favour whichever epoch happens to be calibrated to it
-                _, result = choose_postprocess(truths_of(monitored), predict_maps(network, monitored, config, device), (config.min_area,))
+                _, result = choose_postprocess(truths_of(monitored), predict_maps(network, monitored, config, device), (config.min_area,),
+                                               config.max_false_per_clean)
                 row.update({f"val_{k}": v for k, v in result.to_dict().items() if isinstance(v, float)})
-                if result.f1 > best_f1:
-                    best_f1, waited = result.f1, 0
+                if best_rank is None or result.rank(config.max_false_per_clean) > best_rank:
+                    best_rank, best_f1, waited = result.rank(config.max_false_per_clean), result.f1, 0
                     best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
                 else:
                     waited += 1
@@ -112,7 +114,7 @@ def train_network(train: list[SegImage], val: list[SegImage], config: TrainPropo
                     if key != "epoch" and isinstance(value, float):
                         writer.add_scalar(f"train_proposer/{key}", value, epoch)
             if state_file is not None:
-                _write_state(state_file, config, network, optimizer, schedule, rng, epoch, best_f1, history, waited, best_state)
+                _write_state(state_file, config, network, optimizer, schedule, rng, epoch, (best_f1, best_rank), history, waited, best_state)
     finally:
         bar.close()
         if writer is not None:
@@ -121,7 +123,7 @@ def train_network(train: list[SegImage], val: list[SegImage], config: TrainPropo
         network.load_state_dict(best_state)
     final = validation_images(val, limit_clean=False)
     post, result = choose_postprocess(truths_of(final), predict_maps(network, final, config, device),
-                                      min_areas=tuple(sorted({config.min_area, *MIN_AREAS})))
+                                      tuple(sorted({config.min_area, *MIN_AREAS})), config.max_false_per_clean)
     network.cpu().eval()
     return TrainedProposer(network, post, {"validation": result.to_dict(), "best_monitored_f1": round(best_f1, 4)}, history, epochs_run)
 
@@ -147,7 +149,7 @@ def _train_epoch(network, train: list[SegImage], config: TrainProposerConfig, rn
     return float(np.mean(losses))
 
 
-def _write_state(path: Path, config, network, optimizer, schedule, rng, epoch, best_f1, history, waited, best_state) -> None:
+def _write_state(path: Path, config, network, optimizer, schedule, rng, epoch, best, history, waited, best_state) -> None:
     state = {
         "config": config.to_dict(),
         "network": network.state_dict(),
@@ -156,7 +158,8 @@ def _write_state(path: Path, config, network, optimizer, schedule, rng, epoch, b
         "rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
         "epoch": epoch,
-        "best_f1": best_f1,
+        "best_f1": best[0],
+        "best_rank": None if best[1] is None else list(best[1]),
         "history": history,
         "waited": waited,
         "best": best_state,

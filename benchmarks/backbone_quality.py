@@ -36,7 +36,6 @@ from defectkit.classifier import ClassifierConfig, decide, split_head  # noqa: E
 from defectkit.data.manifest import read_manifest, write_manifest  # noqa: E402
 from defectkit.data.split import split_records  # noqa: E402
 from defectkit.embed import EmbeddingCache  # noqa: E402
-from defectkit.jobs.evaluate import MEMBERS  # noqa: E402
 from defectkit.jobs.extract import ExtractOptions, extract  # noqa: E402
 from defectkit.features import build_features  # noqa: E402
 from defectkit.metrics import report  # noqa: E402
@@ -129,8 +128,8 @@ def print_table(runs: dict[int, dict]) -> None:
         for metric in metrics:
             row += f"{np.mean([runs[s]['results'][variant][metric] for s in seeds]):>10.3f}"
         print(row)
-    print(f"\nF1 = defect-subtype macro-F1; cat = category accuracy; rec = recall of defects against background. "
-          f"Targets (mean): " + ", ".join(f"{k} >= {v}" for k, v in TARGETS.items()))
+    print("\nF1 = defect-subtype macro-F1; cat = category accuracy; rec = recall of defects against background. "
+          "Targets (mean): " + ", ".join(f"{k} >= {v}" for k, v in TARGETS.items()))
     main = runs[seeds[0]]["results"]["pretrained hierarchy"]
     for metric, target in TARGETS.items():
         value = float(np.mean([runs[s]["results"]["pretrained hierarchy"][metric] for s in seeds]))

@@ -312,7 +312,7 @@ def whole_image(classifier, paths: list[Path], tmp: Path) -> Row:
              "share of the work (stage seconds summed over both threads): "
              + ", ".join(f"{s} {shares[s] * 100:.0f} % ({per_image[s]:.1f} ms)" for s in shares),
              f"next largest non-network stage: {runner_up} {shares[runner_up] * 100:.0f} %",
-             *([f"the classical proposer's own time, ms an image (alone, one thread): "
+             *(["the classical proposer's own time, ms an image (alone, one thread): "
                 + ", ".join(f"{name} {ms:.1f}" for name, ms in channels.items())] if channels else []),
              f"wall: {seconds / len(paths) * 1000:.1f} ms an image; the stages add up to {timings.total / seconds * 100:.0f} % of it; "
              f"the main thread (embed, classify, write) is busy {main_thread / seconds * 100:.0f} % of it and waits for the worker the rest",
@@ -517,7 +517,7 @@ def main() -> None:
     rows.sort(key=lambda r: r.number)
     info["seconds"] = time.perf_counter() - start
     info["load_average_end"] = os.getloadavg()[0]
-    print(f"\n| # | measurement | figure | target | result |\n|---|---|---|---|---|")
+    print("\n| # | measurement | figure | target | result |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row.number} | {row.name} | {row.figure} | {row.target} | {row.verdict} |")
     print(f"\n{info['date'][:10]}, {info['cpu']}, {info['cpus']} CPUs, torch threads {info['torch_threads']}, device {info.get('gpu', 'cpu')}; "

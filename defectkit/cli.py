@@ -752,7 +752,7 @@ def classify(
         raise typer.Exit(1)
 
 
-def print_run_summary(subtypes: "Counter", verdicts: "Counter") -> None:
+def print_run_summary(subtypes: dict[str, int], verdicts: dict[str, int]) -> None:
     """Defects per subtype and images per verdict, side by side."""
     from defectkit.export import VERDICTS
 
@@ -762,7 +762,7 @@ def print_run_summary(subtypes: "Counter", verdicts: "Counter") -> None:
     table.add_column("  verdict")
     table.add_column("images", justify="right")
     subtype_rows = sorted(subtypes.items(), key=lambda item: (-item[1], item[0]))
-    verdict_rows = [(v, verdicts[v]) for v in VERDICTS]
+    verdict_rows = [(v, verdicts.get(v, 0)) for v in VERDICTS]
     for i in range(max(len(subtype_rows), len(verdict_rows))):
         subtype, count = subtype_rows[i] if i < len(subtype_rows) else ("", "")
         verdict, images = verdict_rows[i] if i < len(verdict_rows) else ("", "")

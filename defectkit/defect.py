@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,3 +62,21 @@ class Defect:
         if "image_size" in kwargs:
             kwargs["image_size"] = tuple(kwargs["image_size"])
         return cls(**kwargs)
+
+
+# --- one image's defects as a JSON record (what classify and segment write per image) -----------
+def image_record(image: str | Path, size: tuple[int, int], defects: list[Defect], **context) -> dict:
+    """One image's result: ``image``, ``size`` [width, height], then ``context`` (proposer, model,
+    ...), then ``defects`` (each Defect's JSON form, without the image fields repeated)."""
+    return {
+        "image": str(image),
+        "size": [int(size[0]), int(size[1])],
+        **context,
+        "defects": [{k: v for k, v in d.to_dict().items() if k not in ("image", "image_size")} for d in defects],
+    }
+
+
+def defects_from_record(record: dict) -> list[Defect]:
+    """The Defects of an ``image_record`` (as read back from its JSON file)."""
+    size = tuple(record["size"])
+    return [Defect.from_dict({**d, "image": record["image"], "image_size": size}) for d in record["defects"]]

@@ -1,6 +1,6 @@
 """Classifying on a Ray cluster (``pip install defectkit[ray]``): Ray Data moves the images through an
 actor pool, each actor loads the classifier once, and the driver writes exactly the files a local
-run writes (``jobs.batch.write_results``: per-image JSON and overlay, CSVs, COCO, report, resume).
+run writes (``run_files.RunFiles``: per-image JSON and overlay, CSVs, COCO, report, resume).
 
 Each actor reads its images itself, from paths every machine sees (a shared file system): an
 unreadable or corrupt file is then one error row, as in a local run, rather than a failed read of
@@ -105,7 +105,7 @@ def classify_dataset(ds, model_dir: str | Path, proposer: str = "auto", proposer
 
 def ray_outcomes(model_dir: str | Path, **settings):
     """The ``outcomes`` of a batch run (see ``jobs.batch.run_batch``), computed on Ray."""
-    from defectkit.export import defects_from_record
+    from defectkit.defect import defects_from_record
 
     def outcomes(paths: Iterable[Path]) -> Iterator[tuple]:
         paths = list(paths)

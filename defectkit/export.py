@@ -28,23 +28,6 @@ UNCLASSIFIED = "defect"  # the COCO category and overlay label of defects nobody
 
 
 # --- per-image JSON ------------------------------------------------------------------------------
-def image_record(image: str | Path, size: tuple[int, int], defects: list[Defect], **context) -> dict:
-    """One image's result: ``image``, ``size`` [width, height], then ``context`` (proposer, model,
-    ...), then ``defects`` (each Defect's JSON form, without the image fields repeated)."""
-    return {
-        "image": str(image),
-        "size": [int(size[0]), int(size[1])],
-        **context,
-        "defects": [{k: v for k, v in d.to_dict().items() if k not in ("image", "image_size")} for d in defects],
-    }
-
-
-def defects_from_record(record: dict) -> list[Defect]:
-    """The Defects of an ``image_record`` (as read back from its JSON file)."""
-    size = tuple(record["size"])
-    return [Defect.from_dict({**d, "image": record["image"], "image_size": size}) for d in record["defects"]]
-
-
 def dumps(record: dict) -> str:
     """JSON with one line per top-level key, and one line per item of a list of objects (one
     line per defect): readable, and diffs show which defect changed."""

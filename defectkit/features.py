@@ -70,26 +70,29 @@ class FeatureSpec:
         return cls(geometry=tuple(data["geometry"]), texture=bool(data["texture"]), embedding=bool(data["embedding"]))
 
 
-def geometry_row(record: dict, names: Sequence[str] = GEOMETRY) -> list[float]:
-    """Geometry features of one manifest record; log area, edge count, then ``features`` by name."""
-    features = record.get("features") or {}
+def geometry_row(item, names: Sequence[str] = GEOMETRY) -> list[float]:
+    """Geometry features of one region, a manifest record (dict) or a ``Defect``: log area, edge
+    count, then ``features`` by name."""
+    value_of = item.get if isinstance(item, dict) else lambda name: getattr(item, name, None)
+    features = value_of("features") or {}
     row = []
     for name in names:
         if name == "log_area":
-            value = math.log1p(float(record.get("area", 0)))
+            value = math.log1p(float(value_of("area") or 0))
         elif name == "edges":
-            value = record.get("edges")
+            value = value_of("edges")
         else:
             value = features.get(name)
         if value is None:
-            where = record.get("crop_path") or record.get("image", "?")
+            where = value_of("crop_path") or value_of("image") or "?"
             raise DefectkitError(f"{where}: manifest record has no {name!r} (re-run `defectkit extract` to measure it)")
         row.append(float(value))
     return row
 
 
-def geometry_matrix(records: Sequence[dict], names: Sequence[str] = GEOMETRY) -> np.ndarray:
-    return np.asarray([geometry_row(r, names) for r in records], dtype=np.float32).reshape(len(records), len(names))
+def geometry_matrix(items: Sequence, names: Sequence[str] = GEOMETRY) -> np.ndarray:
+    """One row of :func:`geometry_row` per manifest record or ``Defect``."""
+    return np.asarray([geometry_row(r, names) for r in items], dtype=np.float32).reshape(len(items), len(names))
 
 
 def texture_vector(crop: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -169,9 +172,10 @@ class EmbeddingPCA(TransformerMixin, BaseEstimator):
         return np.hstack([X[:, : self.start], self.pca_.transform(X[:, self.start :])])
 
 
-def crop_features(records: Sequence[dict], crops: Sequence[np.ndarray], masks: Sequence[np.ndarray], spec: FeatureSpec, embedder=None) -> np.ndarray:
-    """The rows :func:`build_features` makes, for crops held in memory (``classify``): no files, no cache."""
-    blocks = [geometry_matrix(records, spec.geometry)]
+def crop_features(defects: Sequence, crops: Sequence[np.ndarray], masks: Sequence[np.ndarray], spec: FeatureSpec, embedder=None) -> np.ndarray:
+    """The rows :func:`build_features` makes, for regions (``Defect``s or records) whose crops are
+    held in memory (``classify``): no files, no cache."""
+    blocks = [geometry_matrix(defects, spec.geometry)]
     if spec.texture:
         blocks.append(np.stack([texture_vector(c, m) for c, m in zip(crops, masks)]).reshape(len(crops), len(TEXTURE)))
     if spec.embedding:

@@ -25,7 +25,8 @@ from defectkit.crops import CropSpec, crop_region
 from defectkit.defect import Defect
 from defectkit.ensemble.hierarchy import UNCERTAIN
 from defectkit.errors import DefectkitError
-from defectkit.export import image_record, overlay
+from defectkit.defect import image_record
+from defectkit.export import overlay
 from defectkit.features import crop_features
 from defectkit.geometry import polygonize
 from defectkit.images import from_array, read_image
@@ -257,7 +258,7 @@ class DefectClassifier:
         crops = [c for regions in images for c in regions.crops]
         masks = [m for regions in images for m in regions.masks]
         with stage(timings, "embed"):
-            X = crop_features([d.to_dict() for d in defects], crops, [m > 0 for m in masks], self.bundle.spec, self.bundle.embedder())
+            X = crop_features(defects, crops, [m > 0 for m in masks], self.bundle.spec, self.bundle.embedder())
         with stage(timings, "classify"):
             self._decide(X, defects)
         for d, crop, mask in zip(defects, crops, masks):

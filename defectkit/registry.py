@@ -75,13 +75,13 @@ class Registry:
             return factory(**options)
         for key, value in options.items():
             default = signature.parameters[key].default if key in signature.parameters else inspect.Parameter.empty
-            if not _same_kind(default, value):
+            if not same_kind(default, value):
                 raise DefectkitError(f"{self.kind} {name!r}: option {key} must be {type(default).__name__} like its "
                                      f"default {default!r}, got {value!r}")
         return factory(**options)
 
 
-def _same_kind(default: Any, value: Any) -> bool:
+def same_kind(default: Any, value: Any) -> bool:
     """A number where the default is a number, a yes/no where it is one; None (off) and anything
     else goes."""
     if value is None:

@@ -21,7 +21,8 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from defectkit.errors import DefectkitError
-from defectkit.export import CocoWriter, defects_from_record
+from defectkit.defect import defects_from_record
+from defectkit.export import CocoWriter
 from defectkit.images import atomic_write_text
 
 TARGETS = ("labelstudio", "coco", "cvat")

@@ -64,7 +64,23 @@ def test_builtin_proposers_are_listed_and_unknown_names_say_what_exists():
     with pytest.raises(DefectkitError, match="unknown proposer 'nope'.*classical"):
         create_proposer("nope")
     with pytest.raises(DefectkitError, match="does not take options"):
+        create_proposer("given", no_such_setting=1)
+    with pytest.raises(DefectkitError, match="classical' has no setting 'no_such_setting'; known: dark_window"):
         create_proposer("classical", no_such_setting=1)
+
+
+def test_classical_settings_are_grouped_by_channel_and_set_by_their_flat_names():
+    from defectkit.propose.classical import DarkChannel, Selection
+
+    grouped = create_proposer("classical", dark=DarkChannel(threshold=5.0), selection=Selection(max_proposals=4))
+    flat = create_proposer("classical", dark_threshold=5.0, max_proposals=4)
+    assert grouped.config() == flat.config()
+    assert flat.dark.threshold == 5.0 and flat.dark.window == DarkChannel().window and flat.selection.max_proposals == 4
+    assert list(flat.config())[:2] == ["dark_window", "dark_blur"] and list(flat.config())[-1] == "max_proposals"
+    with pytest.raises(DefectkitError, match="dark_threshold must be float"):
+        create_proposer("classical", dark_threshold="high")
+    with pytest.raises(ValueError, match="band_sides"):
+        create_proposer("classical", band_sides="left")
 
 
 def test_an_installed_plugin_is_found_through_its_entry_point(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator, Sequence
+from typing import Callable, Collection, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -24,6 +24,7 @@ from defectkit.data import find_images
 from defectkit.data.masks import pair_images
 from defectkit.errors import DefectkitError
 from defectkit.images import IMAGE_SUFFIXES, atomic_write_text, read_image
+from defectkit.run_files import RunFiles
 from defectkit.timing import Timings, stage
 
 ERRORS = "errors.jsonl"
@@ -226,105 +227,32 @@ def _write_errors(report: BatchReport) -> None:
                              "are kept: make room and run again with --resume") from exc
 
 
-def _link(file_name: str) -> str:
-    """A file name of the output folder as a relative link (any byte percent-encoded)."""
-    from urllib.parse import quote
-
-    return quote(os.fsencode(file_name))
-
-
-def check_overlay_options(overlays: str, overlay_format: str) -> None:
-    from defectkit.export import OVERLAY_FORMATS, OVERLAYS
-
-    if overlays not in OVERLAYS or overlay_format not in OVERLAY_FORMATS:
-        raise DefectkitError(f"--overlays must be one of {', '.join(OVERLAYS)} and --overlay-format one of "
-                             f"{', '.join(OVERLAY_FORMATS)}; got {overlays!r}, {overlay_format!r}")
-
-
 def write_results(
     inputs: list[str | Path],
     out: str | Path,
     outcomes: Outcomes,
-    coco,
-    overlays: str = "all",
-    resume: bool = False,
-    csv_file: str = "defects.csv",
-    coco_file: str | None = "coco.json",
-    verdicts_file: str = "images.csv",
-    coco_kind: str = "instances",
+    files: RunFiles,
     desc: str = "images",
     progress: bool = True,
     timings: Timings | None = None,
-    overlay_format: str = "png",
-    classes: Sequence[str] = (),
 ) -> tuple[BatchReport, list[dict]]:
     """Take the analysis ``(image record, defects)`` of each image of ``inputs`` from ``outcomes``
-    (a generator function, see :func:`read_each`) and write per image ``<name>.json`` and, as
-    ``overlays`` says (all, defects: only images with one, none), ``<name>.png`` (or .jpg) overlays
-    coloured by ``classes``; and for the run the CSV (one row per defect), ``coco_file``
-    (``coco``, a CocoWriter), ``verdicts_file`` (one verdict row per image: ok, defect,
-    uncertain or failed) and ``errors.jsonl``. An image's JSON is written after its
-    overlay, so it marks the image done: with ``resume``, images whose JSON (and overlay) are
-    already in ``out`` are read back instead of analysed again, and keep their
-    place in the CSV and COCO. ``timings`` adds the seconds of ``write``."""
-    from defectkit.export import VERDICT_COLUMNS, csv_rows, defects_from_record, dumps, image_verdict, write_csv, write_overlay
-    from defectkit.report import write_run_report
-
-    check_overlay_options(overlays, overlay_format)
+    (a generator function, see :func:`read_each`) and write it with ``files`` (per image JSON and
+    overlay; for the run the CSVs, COCO file and report). With ``files.resume``, images already
+    done in ``out`` are read back instead of analysed again, and keep their place in the CSV and
+    COCO. ``timings`` adds the seconds of ``write``."""
     out = Path(out)
     paths = expand_inputs(inputs)
     check_out_apart(inputs, paths, out)
-    drawn = lambda defects: overlays == "all" or (overlays == "defects" and bool(defects))  # noqa: E731
-    rows: list[dict] = []
-    verdicts: dict[str, dict] = {}
-    files: dict[str, tuple[str | None, str]] = {}  # per image: its overlay and JSON, as links for the report
-
-    def collect(record: dict, name: str) -> None:
-        defects = defects_from_record(record)
-        coco.add(record["image"], tuple(record["size"]), defects)
-        rows.extend(csv_rows(defects))
-        verdicts[record["image"]] = image_verdict(record)
-        overlay = f"{name}.{overlay_format}" if drawn(record["defects"]) else None
-        files[record["image"]] = (overlay and _link(overlay), _link(f"{name}.json"))
 
     def process(path: Path, name: str, image: np.ndarray, analysis: tuple[dict, list]) -> None:
         record, defects = analysis
         with stage(timings, "write"):
-            if drawn(defects):
-                write_overlay(out / f"{name}.{overlay_format}", image, defects, classes)
-            text = dumps(record)
-            atomic_write_text(out / f"{name}.json", text)  # last: an image is done when its JSON is there
-            # the CSV and COCO from the record as a resumed run reads it back: the same files either way
-            collect(json.loads(text), name)
+            files.write(name, image, record, defects)
 
-    def earlier(path: Path, name: str):
-        result = out / f"{name}.json"
-        if not (resume and result.is_file()):
-            return None
-        try:
-            record = json.loads(result.read_text())
-            defects_from_record(record)
-        except (ValueError, KeyError, TypeError):
-            return None  # an unreadable earlier result: do the image again
-        if drawn(record["defects"]) and not (out / f"{name}.{overlay_format}").is_file():
-            return None
-        return lambda: collect(record, name)
-
-    reserved = {Path(coco_file).stem} if coco_file else set()
     with output_lock(out):
-        for stale in out.glob(".*.tmp"):  # half-written by a run that was killed (no run holds the lock now)
-            stale.unlink(missing_ok=True)
-        report = run_batch(paths, out, outcomes, process, earlier, progress=progress, desc=desc, reserved=reserved)
-        failed = {f["image"] for f in report.failed}
-        report.images = [verdicts.get(str(p)) or {"image": str(p), "verdict": "failed", "defects": 0}
-                         for p in paths if str(p) in verdicts or str(p) in failed]
-        try:
-            write_csv(out / csv_file, rows)
-            write_csv(out / verdicts_file, report.images, VERDICT_COLUMNS)
-            write_run_report(out, report.images, rows, files, desc, f"{len(paths)} inputs")
-            if coco_file:
-                coco.write(out / coco_file, kind=coco_kind)
-        except OSError as exc:
-            raise DefectkitError(f"cannot write the run's summary into {out} ({exc.strerror or exc}); the per-image "
-                                 "results are kept: make room and run again with --resume") from exc
-    return report, rows
+        files.remove_stale()
+        report = run_batch(paths, out, outcomes, process, lambda path, name: files.earlier(name), progress=progress, desc=desc,
+                           reserved=files.reserved)
+        report.images = files.finish(paths, {f["image"] for f in report.failed}, desc)
+    return report, files.rows

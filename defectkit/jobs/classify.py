@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from defectkit.jobs.batch import BatchReport, check_overlay_options, write_results
+from defectkit.jobs.batch import BatchReport, write_results
 from defectkit.export import CocoWriter
 from defectkit.pipeline import CHUNK_IMAGES, UNCERTAIN, DefectClassifier
+from defectkit.run_files import RunFiles, check_overlay_options
 from defectkit.timing import Timings
 
 SUMMARY_CSV = "summary.csv"
@@ -62,7 +63,6 @@ def classify_on_ray(inputs: list[str | Path], out: str | Path, model_dir: str | 
 def _write(inputs, out, taxonomy, outcomes, options: ClassifyOptions, progress: bool, timings) -> tuple[BatchReport, list[dict]]:
     coco = CocoWriter(categories=[*taxonomy.subtypes, UNCERTAIN],
                       supercategories={s: taxonomy.category_of(s) for s in taxonomy.subtypes})
-    return write_results(inputs, out, outcomes, coco, overlays=options.overlays, resume=options.resume,
-                         csv_file=SUMMARY_CSV, coco_file=COCO_FILE if options.coco else None,
-                         desc="classify", progress=progress, timings=timings, overlay_format=options.overlay_format,
-                         classes=[*taxonomy.subtypes, UNCERTAIN])
+    files = RunFiles(out, coco, options.overlays, options.overlay_format, options.resume, classes=[*taxonomy.subtypes, UNCERTAIN],
+                     csv_file=SUMMARY_CSV, coco_file=COCO_FILE if options.coco else None)
+    return write_results(inputs, out, outcomes, files, desc="classify", progress=progress, timings=timings)

@@ -15,9 +15,11 @@ import numpy as np
 
 from defectkit.jobs.batch import BatchReport, read_each, write_results
 from defectkit.defect import Defect
-from defectkit.export import CocoWriter, image_record
+from defectkit.defect import image_record
+from defectkit.export import CocoWriter
 from defectkit.geometry import polygonize
 from defectkit.propose.base import Proposer
+from defectkit.run_files import RunFiles, check_overlay_options
 
 COCO_FILE = "coco.json"
 CSV_FILE = "defects.csv"
@@ -31,6 +33,9 @@ class SegmentOptions:
     overlay_format: str = "png"  # png | jpg
     resume: bool = False  # keep results already in the output folder
 
+    def __post_init__(self):
+        check_overlay_options(self.overlays, self.overlay_format)
+
 
 def segment(inputs: list[str | Path], out: str | Path, proposer: Proposer, options: SegmentOptions = SegmentOptions(), progress: bool = True) -> BatchReport:
     description = proposer.describe()
@@ -40,6 +45,6 @@ def segment(inputs: list[str | Path], out: str | Path, proposer: Proposer, optio
         defects = polygonize(masks, image, path, options.min_area, options.polygon_tolerance)
         return image_record(path, (image.shape[1], image.shape[0]), defects, proposer=description), defects
 
-    report, _ = write_results(inputs, out, read_each(analyse), CocoWriter(), overlays=options.overlays, overlay_format=options.overlay_format, resume=options.resume,
-                              csv_file=CSV_FILE, coco_file=COCO_FILE, desc="segment", progress=progress)
+    files = RunFiles(out, CocoWriter(), options.overlays, options.overlay_format, options.resume, csv_file=CSV_FILE, coco_file=COCO_FILE)
+    report, _ = write_results(inputs, out, read_each(analyse), files, desc="segment", progress=progress)
     return report

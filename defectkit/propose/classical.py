@@ -42,12 +42,16 @@ tuned with ``benchmarks/tune_classical.py`` on the train part of the seeded magn
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
+
 import cv2
 import numpy as np
 
+from defectkit.errors import DefectkitError
 from defectkit.images import gray
 from defectkit.matching import mask_iou
 from defectkit.propose.base import Proposer, Prompts
+from defectkit.registry import same_kind
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -124,93 +128,115 @@ def border_deviation(small: np.ndarray, ratio: float, reach: float, window: floa
     return chips
 
 
-CHANNELS = ("dark", "large", "edge", "smooth", "band")
+@dataclass(frozen=True)
+class DarkChannel:
+    window: int = 21
+    blur: float = 1.0
+    threshold: float = 6.0
+    grow: float = 3.0
+    min_area: int = 45
+    min_contrast: float = 0.2
+
+
+@dataclass(frozen=True)
+class LargeChannel:
+    side: int = 96
+    blur: float = 1.5
+    threshold: float = 6.0
+    grow: float = 2.5
+    min_fraction: float = 0.005
+    min_contrast: float = 0.4
+    polarity: str = "dark"  # dark | bright | both | off
+
+    def __post_init__(self):
+        if self.polarity not in ("dark", "bright", "both", "off"):
+            raise ValueError(f"large_polarity must be dark, bright, both or off, got {self.polarity!r}")
+
+
+@dataclass(frozen=True)
+class EdgeChannel:
+    side: int = 96
+    ratio: float | None = 0.6  # None: channel off
+    reach: float = 0.4
+    window: float = 0.4
+    depth: float = 0.03
+    min_fraction: float = 0.001
+    min_contrast: float = 0.25
+
+
+@dataclass(frozen=True)
+class SmoothChannel:
+    side: int = 64
+    blur: float = 1.5
+    reference: float = 70.0
+    threshold: float | None = 3.5  # None: channel off
+    grow: float = 1.0
+    min_fraction: float = 0.03
+
+
+@dataclass(frozen=True)
+class BandChannel:
+    threshold: float | None = 3.0  # None: channel off
+    side: int = 96
+    min_fraction: float = 0.1
+    rows: int = 2
+    sides: str = "smaller"  # smaller | both
+
+    def __post_init__(self):
+        if self.sides not in ("smaller", "both"):
+            raise ValueError(f"band_sides must be smaller or both, got {self.sides!r}")
+
+
+@dataclass(frozen=True)
+class Selection:
+    max_fraction: float = 0.5
+    overlap: float = 0.3
+    max_proposals: int = 8
+
+
+CHANNELS = {"dark": DarkChannel, "large": LargeChannel, "edge": EdgeChannel, "smooth": SmoothChannel, "band": BandChannel}
+
+
+def flat_settings(channels: dict[str, object], selection: Selection) -> dict:
+    """Every setting by its flat name (``dark_threshold``, ..., ``max_proposals``), channel by channel."""
+    flat = {f"{name}_{key}": value for name, channel in channels.items() for key, value in asdict(channel).items()}
+    return {**flat, **asdict(selection)}
+
+
+def apply_settings(channels: dict[str, object], selection: Selection, overrides: dict) -> tuple[dict[str, object], Selection]:
+    """``overrides`` by flat name (as ``-O dark_threshold=5`` gives them) applied to the groups."""
+    changes: dict[str, dict] = {}
+    for key, value in overrides.items():
+        group, _, field = key.partition("_")
+        if key in Selection.__dataclass_fields__:
+            group, field = "selection", key
+        elif group not in channels or field not in CHANNELS[group].__dataclass_fields__:
+            raise DefectkitError(f"proposer 'classical' has no setting {key!r}; known: {', '.join(flat_settings(channels, selection))}")
+        default = getattr(selection if group == "selection" else channels[group], field)
+        if not same_kind(default, value):
+            raise DefectkitError(f"proposer 'classical': option {key} must be {type(default).__name__} like its default {default!r}, got {value!r}")
+        changes.setdefault(group, {})[field] = value
+    channels = {name: replace(channel, **changes.get(name, {})) for name, channel in channels.items()}
+    return channels, replace(selection, **changes.get("selection", {}))
 
 
 class ClassicalProposer(Proposer):
     name = "classical"
 
-    def __init__(
-        self,
-        dark_window: int = 21,
-        dark_blur: float = 1.0,
-        dark_threshold: float = 6.0,
-        dark_grow: float = 3.0,
-        dark_min_area: int = 45,
-        dark_min_contrast: float = 0.2,
-        large_side: int = 96,
-        large_blur: float = 1.5,
-        large_threshold: float = 6.0,
-        large_grow: float = 2.5,
-        large_min_fraction: float = 0.005,
-        large_min_contrast: float = 0.4,
-        large_polarity: str = "dark",
-        edge_side: int = 96,
-        edge_ratio: float | None = 0.6,
-        edge_reach: float = 0.4,
-        edge_window: float = 0.4,
-        edge_depth: float = 0.03,
-        edge_min_fraction: float = 0.001,
-        edge_min_contrast: float = 0.25,
-        smooth_side: int = 64,
-        smooth_blur: float = 1.5,
-        smooth_reference: float = 70.0,
-        smooth_threshold: float | None = 3.5,
-        smooth_grow: float = 1.0,
-        smooth_min_fraction: float = 0.03,
-        band_threshold: float | None = 3.0,
-        band_side: int = 96,
-        band_min_fraction: float = 0.1,
-        band_rows: int = 2,
-        band_sides: str = "smaller",
-        max_fraction: float = 0.5,
-        overlap: float = 0.3,
-        max_proposals: int = 8,
-    ):
+    def __init__(self, dark: DarkChannel = DarkChannel(), large: LargeChannel = LargeChannel(), edge: EdgeChannel = EdgeChannel(),
+                 smooth: SmoothChannel = SmoothChannel(), band: BandChannel = BandChannel(), selection: Selection = Selection(),
+                 **settings):
+        """One settings object per channel and one for the selection; ``settings`` override single
+        ones by their flat name (``dark_threshold=5.0``, ``max_proposals=4``), as ``-O`` gives them."""
         super().__init__()
-        if large_polarity not in ("dark", "bright", "both", "off"):
-            raise ValueError(f"large_polarity must be dark, bright, both or off, got {large_polarity!r}")
-        if band_sides not in ("smaller", "both"):
-            raise ValueError(f"band_sides must be smaller or both, got {band_sides!r}")
-        self.dark_window = dark_window
-        self.dark_blur = dark_blur
-        self.dark_threshold = dark_threshold
-        self.dark_grow = dark_grow
-        self.dark_min_area = dark_min_area
-        self.dark_min_contrast = dark_min_contrast
-        self.large_side = large_side
-        self.large_blur = large_blur
-        self.large_threshold = large_threshold
-        self.large_grow = large_grow
-        self.large_min_fraction = large_min_fraction
-        self.large_min_contrast = large_min_contrast
-        self.large_polarity = large_polarity
-        self.edge_side = edge_side
-        self.edge_ratio = edge_ratio
-        self.edge_reach = edge_reach
-        self.edge_window = edge_window
-        self.edge_depth = edge_depth
-        self.edge_min_fraction = edge_min_fraction
-        self.edge_min_contrast = edge_min_contrast
-        self.smooth_side = smooth_side
-        self.smooth_blur = smooth_blur
-        self.smooth_reference = smooth_reference
-        self.smooth_threshold = smooth_threshold
-        self.smooth_grow = smooth_grow
-        self.smooth_min_fraction = smooth_min_fraction
-        self.band_threshold = band_threshold
-        self.band_side = band_side
-        self.band_min_fraction = band_min_fraction
-        self.band_rows = band_rows
-        self.band_sides = band_sides
-        self.max_fraction = max_fraction
-        self.overlap = overlap
-        self.max_proposals = max_proposals
+        channels, self.selection = apply_settings(
+            {"dark": dark, "large": large, "edge": edge, "smooth": smooth, "band": band}, selection, settings)
+        self.dark, self.large, self.edge, self.smooth, self.band = (channels[name] for name in CHANNELS)
         self._proposals: list[np.ndarray] = []
         self._small: tuple[np.ndarray | None, dict[int, np.ndarray]] = (None, {})  # downscaled copies of one image
 
     def config(self) -> dict:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("image", "image_path")}
+        return flat_settings({name: getattr(self, name) for name in CHANNELS}, self.selection)
 
     def set_image(self, image: np.ndarray, image_path: str | None = None) -> None:
         super().set_image(image, image_path)
@@ -243,71 +269,71 @@ class ClassicalProposer(Proposer):
         overlapping a stronger one by IoU above ``overlap``."""
         kept: list[np.ndarray] = []
         for _, mask in sorted(scored, key=lambda item: -item[0]):
-            if len(kept) == self.max_proposals:
+            if len(kept) == self.selection.max_proposals:
                 break
-            if np.count_nonzero(mask) > self.max_fraction * size or any(mask_iou(mask, other) > self.overlap for other in kept):
+            if np.count_nonzero(mask) > self.selection.max_fraction * size or any(mask_iou(mask, other) > self.selection.overlap for other in kept):
                 continue
             kept.append(mask)
         return kept
 
     def _dark(self, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
-        background = cv2.medianBlur(g, _odd(self.dark_window)).astype(np.float32)
-        smooth = cv2.GaussianBlur(g.astype(np.float32), (0, 0), self.dark_blur) if self.dark_blur > 0 else g.astype(np.float32)
+        background = cv2.medianBlur(g, _odd(self.dark.window)).astype(np.float32)
+        smooth = cv2.GaussianBlur(g.astype(np.float32), (0, 0), self.dark.blur) if self.dark.blur > 0 else g.astype(np.float32)
         z = -robust_z(smooth - background)  # darker than the background = positive
         # the regions of hysteresis(strong, weak), labelled once
-        regions = _components(z > self.dark_grow, z, self.dark_min_area, strong=z > self.dark_threshold)
-        return [(score / self.dark_grow, region) for score, region in regions if ring_contrast(g, region) >= self.dark_min_contrast]
+        regions = _components(z > self.dark.grow, z, self.dark.min_area, strong=z > self.dark.threshold)
+        return [(score / self.dark.grow, region) for score, region in regions if ring_contrast(g, region) >= self.dark.min_contrast]
 
     def _large(self, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
-        if self.large_polarity == "off":
+        if self.large.polarity == "off":
             return []
-        small = cv2.GaussianBlur(self._downscale(g, self.large_side), (0, 0), self.large_blur)
+        small = cv2.GaussianBlur(self._downscale(g, self.large.side), (0, 0), self.large.blur)
         log = np.log1p(small)
         columns = np.median(log, axis=0, keepdims=True)
         for _ in range(2):  # alternate: rows given columns, columns given rows
             rows = np.median(log - columns, axis=1, keepdims=True)
             columns = np.median(log - rows, axis=0, keepdims=True)
         z = robust_z(log - rows - columns)
-        polarities = {"dark": (-1,), "bright": (1,), "both": (-1, 1)}[self.large_polarity]
+        polarities = {"dark": (-1,), "bright": (1,), "both": (-1, 1)}[self.large.polarity]
         out = []
         for sign in polarities:
-            mask = hysteresis(sign * z > self.large_threshold, sign * z > self.large_grow)
-            out += _contrasted(small, mask, self.large_min_fraction, self.large_min_contrast, g.shape, sign)
+            mask = hysteresis(sign * z > self.large.threshold, sign * z > self.large.grow)
+            out += _contrasted(small, mask, self.large.min_fraction, self.large.min_contrast, g.shape, sign)
         return out
 
     def _edge(self, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
-        if self.edge_ratio is None:
+        if self.edge.ratio is None:
             return []
-        small = cv2.GaussianBlur(self._downscale(g, self.edge_side), (0, 0), 1.0)
-        chips = border_deviation(small, self.edge_ratio, self.edge_reach, self.edge_window, self.edge_depth)
-        regions = _contrasted(small, chips, self.edge_min_fraction, self.edge_min_contrast, g.shape)
+        small = cv2.GaussianBlur(self._downscale(g, self.edge.side), (0, 0), 1.0)
+        chips = border_deviation(small, self.edge.ratio, self.edge.reach, self.edge.window, self.edge.depth)
+        regions = _contrasted(small, chips, self.edge.min_fraction, self.edge.min_contrast, g.shape)
         # at a corner (touching two sides of the image), a wider dark margin is the part's rounded
         # or shaded corner far more often than a chip
         return [(score, region) for score, region in regions if _sides_touched(region) < 2]
 
     def _smooth(self, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
-        if self.smooth_threshold is None:
+        if self.smooth.threshold is None:
             return []
-        small = self._downscale(g, self.smooth_side)
+        small = self._downscale(g, self.smooth.side)
         energy = cv2.resize(streaks, small.shape[::-1], interpolation=cv2.INTER_AREA)
-        texture = cv2.GaussianBlur(np.log1p(energy) - np.log1p(small), (0, 0), self.smooth_blur)
+        texture = cv2.GaussianBlur(np.log1p(energy) - np.log1p(small), (0, 0), self.smooth.blur)
         spread = 1.4826 * float(np.median(np.abs(texture - np.median(texture))))
-        z = (float(np.percentile(texture, self.smooth_reference)) - texture) / max(spread, 1e-3)  # streak-free = positive
-        mask = hysteresis(z > self.smooth_threshold, z > self.smooth_grow)
+        z = (float(np.percentile(texture, self.smooth.reference)) - texture) / max(spread, 1e-3)  # streak-free = positive
+        mask = hysteresis(z > self.smooth.threshold, z > self.smooth.grow)
         z_full = cv2.resize(z, g.shape[::-1], interpolation=cv2.INTER_LINEAR)
-        regions = _components(_upscale(mask, g.shape), z_full, self.smooth_min_fraction * g.size)
-        return [(score / self.smooth_grow, region) for score, region in regions]
+        regions = _components(_upscale(mask, g.shape), z_full, self.smooth.min_fraction * g.size)
+        return [(score / self.smooth.grow, region) for score, region in regions]
 
     def _band(self, g: np.ndarray, streaks: np.ndarray) -> list[tuple[float, np.ndarray]]:
-        if self.band_threshold is None:
+        if self.band.threshold is None:
             return []
         height, width = g.shape
-        small = self._downscale(g, self.band_side)
+        small = self._downscale(g, self.band.side)
         scale = small.shape[0] / height
         energy = cv2.resize(streaks, small.shape[::-1], interpolation=cv2.INTER_AREA)
         rows = np.stack([np.median(small - np.median(small, axis=0, keepdims=True), axis=1), np.median(np.log1p(energy), axis=1)], axis=1)
-        n, w = len(rows), self.band_rows
-        margin = max(w, int(self.band_min_fraction * n))
+        n, w = len(rows), self.band.rows
+        margin = max(w, int(self.band.min_fraction * n))
         if n < 2 * margin + 1:
             return []
         steps = np.diff(rows, axis=0)
@@ -318,16 +344,16 @@ class ClassicalProposer(Proposer):
         above = (cumulative[splits] - cumulative[splits - w]) / w
         statistic = np.linalg.norm((below - above) / noise, axis=1)
         best = int(statistic.argmax())
-        if statistic[best] < self.band_threshold:
+        if statistic[best] < self.band.threshold:
             return []
         split, row = int(splits[best]), int(round(splits[best] / scale))
         upper = np.zeros((height, width), dtype=bool)
         upper[:row] = True
-        if self.band_sides == "both":
+        if self.band.sides == "both":
             parts = [upper, ~upper]
         else:
             parts = [upper if split < n - split else ~upper]
-        return [(float(statistic[best]) / self.band_threshold, part) for part in parts]
+        return [(float(statistic[best]) / self.band.threshold, part) for part in parts]
 
 
 def _contrasted(small, mask, min_fraction, min_contrast, shape, sign=-1) -> list[tuple[float, np.ndarray]]:

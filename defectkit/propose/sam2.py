@@ -150,7 +150,6 @@ class SAM2Proposer(Proposer):
         **options,
     ):
         super().__init__()
-        import torch
 
         stem, model_yaml, yaml_checkpoint, yaml_options = resolve_config(config)
         mode = mode or yaml_options.pop("mode", "automatic")

@@ -670,7 +670,8 @@ def classify(
     sam2_config: Optional[str] = _SAM2_CONFIG,
     option: list[str] = typer.Option([], "--option", "-O", help="Proposer setting KEY=VALUE (repeatable)."),
     min_confidence: Optional[float] = typer.Option(None, help="Below this confidence a defect is reported as 'uncertain' (every subtype; default: the model's own thresholds, if it has them)."),
-    threshold: list[str] = typer.Option([], "--threshold", help="SUBTYPE=X: this subtype's confidence threshold (repeatable; over --min-confidence and the model's own)."),
+    threshold: list[str] = typer.Option([], "--threshold", help="SUBTYPE=X: this subtype's confidence threshold (repeatable; over --thresholds, --min-confidence and the model's own)."),
+    thresholds_file: Optional[Path] = typer.Option(None, "--thresholds", help="YAML file of per-subtype confidence thresholds ('crack: 0.7', '\"*\": 0.5' for every subtype), over the model's own."),
     keep_background: bool = typer.Option(False, help="Also report proposals classified as background."),
     min_area: int = typer.Option(10, help="Drop regions smaller than this many pixels."),
     coco: bool = typer.Option(False, "--coco", help="Also write coco.json for the whole run."),
@@ -702,15 +703,7 @@ def classify(
         options = ClassifyOptions(coco=coco, overlays=overlays, overlay_format=overlay_format, resume=resume)
         proposer_options = parse_options(option)  # these, the inputs and the proposer's name checked before the model loads
         expand_inputs(inputs)
-        thresholds = {"*": min_confidence} if min_confidence is not None else {}
-        for pair in threshold:
-            subtype, sep, value = pair.partition("=")
-            try:
-                thresholds[subtype.strip()] = float(value)
-            except ValueError:
-                raise DefectkitError(f"--threshold {pair!r} is not SUBTYPE=X with X a number") from None
-            if not sep:
-                raise DefectkitError(f"--threshold {pair!r} is not SUBTYPE=X")
+        thresholds = confidence_thresholds(thresholds_file, min_confidence, threshold)
         if proposer not in proposer_names():
             raise DefectkitError(f"unknown proposer {proposer!r}; choose one of: {', '.join(proposer_names())}")
         device = device and _device(device)
@@ -750,6 +743,35 @@ def classify(
     if report.failed:
         console.print(f"failed images are listed in {report.errors_path}", markup=False)
         raise typer.Exit(1)
+
+
+def confidence_thresholds(file: Path | None, every: float | None, pairs: list[str]) -> dict[str, float]:
+    """Per-subtype confidence thresholds ("*": every subtype): from ``file`` (YAML), then ``every``
+    (--min-confidence), then each SUBTYPE=X of ``pairs`` (--threshold); a later one wins."""
+    import yaml
+
+    from defectkit.yaml_files import load_yaml
+
+    thresholds: dict[str, float] = {}
+    if file is not None:
+        try:
+            data = load_yaml(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise DefectkitError(f"{file}: cannot read the thresholds ({exc})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data.values()):
+            raise DefectkitError(f"{file}: thresholds must be a mapping of SUBTYPE: number, e.g. 'crack: 0.7'")
+        thresholds.update({str(k): float(v) for k, v in data.items()})
+    if every is not None:
+        thresholds["*"] = every
+    for pair in pairs:
+        subtype, sep, value = pair.partition("=")
+        try:
+            thresholds[subtype.strip()] = float(value)
+        except ValueError:
+            raise DefectkitError(f"--threshold {pair!r} is not SUBTYPE=X with X a number") from None
+        if not sep:
+            raise DefectkitError(f"--threshold {pair!r} is not SUBTYPE=X")
+    return thresholds
 
 
 def print_run_summary(subtypes: dict[str, int], verdicts: dict[str, int]) -> None:

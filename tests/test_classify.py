@@ -187,6 +187,27 @@ def test_thresholds_per_subtype_leave_the_other_subtypes_alone(model):
         DefectClassifier.load(bundle, create_proposer("given"), min_confidence={"pore": 0.5})
 
 
+def test_a_thresholds_file_sets_them_per_subtype_and_the_command_line_wins(model, tmp_path):
+    from defectkit.cli import confidence_thresholds
+
+    bundle, test = model
+    file = tmp_path / "thresholds.yaml"
+    file.write_text('"*": 0.3\nblowhole: 1.0\ncrack: 0.4\n')
+    assert confidence_thresholds(file, None, []) == {"*": 0.3, "blowhole": 1.0, "crack": 0.4}
+    assert confidence_thresholds(file, 0.5, ["crack=0.9"]) == {"*": 0.5, "blowhole": 1.0, "crack": 0.9}
+    for bad in ("crack: high\n", "- crack\n", "crack: 0.4\ncrack: 0.5\n"):
+        file.write_text(bad)
+        with pytest.raises(DefectkitError, match="thresholds"):
+            confidence_thresholds(file, None, [])
+    file.write_text("blowhole: 1.0\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["classify", str(test / "MT_Blowhole"), "-m", str(bundle), "-o", str(out), "-p", "given",
+                                      "--thresholds", str(file), "--overlays", "none", "-q"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(p.read_text()) for p in out.glob("*.json") if p.name != "coco.json"]
+    assert records and {d["subtype"] for r in records for d in r["defects"]} == {"uncertain"}
+
+
 def test_classify_batch_streams_and_reports_bad_images(model, tmp_path):
     bundle, test = model
     broken = tmp_path / "broken.jpg"
@@ -264,11 +285,12 @@ def test_classify_killed_at_random_points_20_times_ends_as_one_uninterrupted_run
 def test_the_review_loop_feeds_a_correction_back_into_the_model(model, tmp_path):
     """classify, export for review, a reviewer renames one defect and deletes a false one, the review
     comes back through extract as labels (the renamed region under its new subtype, the deleted one
-    as a background crop), and a model trains on them and classifies again."""
+    as a background crop), and the model retrained on it moves its prediction of those two regions
+    the reviewer's way, against a model trained on the same review accepted as it was."""
     from defectkit.data.manifest import read_manifest
 
     bundle, test = model
-    run, crops, retrained = tmp_path / "run", tmp_path / "crops", tmp_path / "model"
+    run = tmp_path / "run"
     runner = CliRunner()
     # the given proposer (the masks beside the images) stands in for a good one: it proposes every defect
     assert runner.invoke(app, ["classify", str(test / "MT_Blowhole"), str(test / "MT_Crack"), "-m", str(bundle), "-o", str(run),
@@ -277,26 +299,39 @@ def test_the_review_loop_feeds_a_correction_back_into_the_model(model, tmp_path)
     assert runner.invoke(app, ["export-review", str(run), "--root", str(test), "-o", str(tasks_file)]).exit_code == 0
     tasks = json.loads(tasks_file.read_text())
     for task in tasks:  # the reviewer accepts every prediction...
-        task["annotations"] = [{"result": task["predictions"][0]["result"]}]
+        task["annotations"] = [{"result": copy.deepcopy(task["predictions"][0]["result"])}]
+    accepted = copy.deepcopy(tasks)
     pore = next(t for t in tasks if "MT_Blowhole" in t["data"]["image"] and t["annotations"][0]["result"])
     pore["annotations"][0]["result"][0]["value"]["polygonlabels"] = ["crack"]  # ...but says this pore is a crack
     extra = next(t for t in tasks if "MT_Crack" in t["data"]["image"] and t["annotations"][0]["result"])
     extra["annotations"][0]["result"].pop()  # ...and that this crack is no defect at all
-    tasks_file.write_text(json.dumps(tasks))
-    result = runner.invoke(app, ["extract", str(tasks_file), str(crops), "-f", "labelstudio", "-t", str(TAXONOMY),
-                                 "--negatives-from", "given", "--crop-size", "48", "-q"])
-    assert result.exit_code == 0, result.output
+
+    def retrain(review: list, name: str):
+        review_file, crops = test / f"{name}.json", tmp_path / f"{name}-crops"  # beside the images, as --root says
+        review_file.write_text(json.dumps(review))
+        result = runner.invoke(app, ["extract", str(review_file), str(crops), "-f", "labelstudio", "-t", str(TAXONOMY),
+                                     "--negatives-from", "given", "--crop-size", "48", "-q"])
+        assert result.exit_code == 0, result.output
+        with pytest.warns(UserWarning, match="RANDOM"):
+            train(crops, Taxonomy.load(TAXONOMY), tmp_path / name, ClassifierConfig(backbone="resnet10t", weights="random", image_size=32, pca=8),
+                  cv=0, progress=False)
+        return crops, DefectClassifier.load(tmp_path / name, create_proposer("given"), keep_background=True)
+
+    crops, corrected = retrain(tasks, "corrected")
     by_image = {}
     for record in read_manifest(crops):
         by_image.setdefault(Path(record["image"]).name, []).append((record["subtype"], record["origin"]))
     assert by_image[Path(pore["data"]["image"]).name] == [("crack", "annotation")]
     deleted = by_image[Path(extra["data"]["image"]).name]
     assert ("background", "negative") in deleted and not [s for s, _ in deleted if s != "background"]
-    with pytest.warns(UserWarning, match="RANDOM"):
-        train(crops, Taxonomy.load(TAXONOMY), retrained, ClassifierConfig(backbone="resnet10t", weights="random", image_size=32, pca=8),
-              cv=0, progress=False)
-    again = DefectClassifier.load(retrained, create_proposer("given"), keep_background=True)
-    assert again.classify(test / pore["data"]["image"]).defects  # the corrected model runs on the corrected image
+    _, as_before = retrain(accepted, "accepted")
+
+    def score(classifier, task, subtype):
+        (defect,) = classifier.classify(test / task["data"]["image"]).defects  # each test image holds one region
+        return defect.scores["subtype"].get(subtype, 0.0)  # a model that never saw the subtype gives it 0
+
+    assert score(corrected, pore, "crack") > score(as_before, pore, "crack")
+    assert score(corrected, extra, "background") > score(as_before, extra, "background")
 
 
 def test_missing_model_is_a_clear_error(tmp_path):

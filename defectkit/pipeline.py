@@ -26,7 +26,7 @@ from defectkit.defect import Defect
 from defectkit.ensemble.hierarchy import UNCERTAIN
 from defectkit.errors import DefectkitError
 from defectkit.defect import image_record
-from defectkit.export import overlay
+from defectkit.export import defect_mask, overlay
 from defectkit.features import crop_features
 from defectkit.geometry import polygonize
 from defectkit.images import from_array, read_image
@@ -66,6 +66,10 @@ class Result:
     def to_dict(self) -> dict:
         """The JSON record with the size spelled out, and the error of an image that failed."""
         return {**self.to_json(), "width": self.width, "height": self.height, "error": self.error}
+
+    def masks(self) -> list[np.ndarray]:
+        """Each defect's full-size boolean mask (height x width), in the order of ``defects``."""
+        return [defect_mask(d) for d in self.defects]
 
     def overlay(self, image: np.ndarray | None = None) -> np.ndarray:
         """The image with the defects drawn on it (RGB uint8)."""

@@ -388,3 +388,14 @@ def test_arrays_gray_rgb_and_bgr_classify_as_the_file_does(model):
         assert [(d.subtype, d.area) for d in result.defects] == [(d.subtype, d.area) for d in expected.defects]
     assert batch[0].image == "<array 0>" and batch[0].to_dict()["width"] == rgb.shape[1] == batch[0].width
     assert batch[0].to_dict()["height"] == rgb.shape[0] and batch[0].to_dict()["error"] is None
+
+
+def test_result_masks_are_the_defects_regions_at_full_size(model):
+    bundle, test = model
+    path = sorted((test / "MT_Blowhole").glob("*.jpg"))[0]
+    result = DefectClassifier.load(bundle, create_proposer("given")).classify(path)
+    masks = result.masks()
+    truth = read_image(path.with_suffix(".png"))[:, :, 0] > 127
+    assert len(masks) == len(result.defects) == 1
+    assert masks[0].shape == (result.height, result.width) and masks[0].sum() == result.defects[0].area
+    assert (masks[0] & truth).sum() == truth.sum()  # the given proposer proposes the mask beside the image

@@ -46,8 +46,9 @@ def write_json(path: str | Path, record: dict) -> None:
 
 
 # --- CSV -----------------------------------------------------------------------------------------
+# (no annotation label: segment and classify find defects, they are never handed a label)
 CSV_COLUMNS = ("image", "id", "category", "subtype", "confidence", "area", "edges",
-               "bbox_x", "bbox_y", "bbox_w", "bbox_h", "label", "polygon")
+               "bbox_x", "bbox_y", "bbox_w", "bbox_h", "polygon")
 
 
 def csv_rows(defects: list[Defect]) -> list[dict]:
@@ -59,7 +60,7 @@ def csv_rows(defects: list[Defect]) -> list[dict]:
             "image": d.image, "id": d.id, "category": d.category or "", "subtype": d.subtype or "",
             "confidence": "" if d.confidence is None else round(float(d.confidence), 4),
             "area": d.area, "edges": d.edges, "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,
-            "label": d.label or "", "polygon": ";".join(f"{px} {py}" for px, py in d.polygon),
+            "polygon": ";".join(f"{px} {py}" for px, py in d.polygon),
         })
     return rows
 

@@ -58,7 +58,8 @@ def _locate(root: Path, file_name: str) -> Path:
 def _refused(json_path: Path, file_name: str):
     def load():
         raise InputError(json_path, f"file_name {file_name!r} points outside the data set (absolute or '..'); "
-                                    f"image paths must be relative to {json_path.parent}")
+                                    f"image paths must be relative to {json_path.parent} (a classify or segment run's "
+                                    "coco.json: `defectkit export-review RUN --to coco --root IMAGES` writes them so)")
 
     return load
 

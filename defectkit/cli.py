@@ -22,6 +22,26 @@ _DEVICE = typer.Option(None, help="cpu, cuda or cuda:N; default cuda when presen
 _OVERLAYS = typer.Option("all", help="Overlay pictures for: all images (clean ones get an OK stamp), defects (only images with one), none.")
 _OVERLAY_FORMAT = typer.Option("png", help="png, or jpg (about a fifth of the size).")
 
+_ENGINE = typer.Option("local", help="local, or ray: an actor pool on a Ray cluster (pip install 'defectkit[ray]').")
+_ADDRESS = typer.Option(None, help="--engine ray: the cluster to join (auto, or ray://host:10001); default a local Ray.")
+_WORKERS = typer.Option(1, help="--engine ray: actors, each with the model loaded once.")
+_CPUS_PER_WORKER = typer.Option(1, help="--engine ray: CPUs per actor (its torch threads).")
+_GPUS_PER_WORKER = typer.Option(0, help="--engine ray: GPUs per actor (fractions share one).")
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ("local", "ray"):
+        raise DefectkitError(f"--engine must be local or ray, got {engine!r}")
+
+
+def _start_ray(address, workers, cpus_per_worker, gpus_per_worker, proposer) -> None:
+    from defectkit.distributed import start
+
+    start(address)
+    console.print(f"engine: ray, {workers} worker(s) of {cpus_per_worker} CPU and {gpus_per_worker} GPU; proposer {proposer}",
+                  soft_wrap=True, markup=False)
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find and name surface defects on industrial images.")
 console = Console(stderr=True)
 
@@ -166,22 +186,44 @@ def segment(
     overlay_format: str = _OVERLAY_FORMAT,
     resume: bool = typer.Option(_SEGMENT.resume, help="Keep images whose results already exist in --out."),
     device: Optional[str] = _DEVICE,
+    engine: str = _ENGINE,
+    address: Optional[str] = _ADDRESS,
+    workers: int = _WORKERS,
+    cpus_per_worker: float = _CPUS_PER_WORKER,
+    gpus_per_worker: float = _GPUS_PER_WORKER,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Propose defect masks and write their polygons: per-image JSON and overlay, coco.json, defects.csv."""
-    from defectkit.propose import build_proposer, parse_options
-    from defectkit.jobs.segment import SegmentOptions, segment as run_segment
+    from defectkit.jobs.batch import expand_inputs
+    from defectkit.jobs.segment import SegmentOptions, segment as run_segment, segment_on_ray
+    from defectkit.propose import build_proposer, parse_options, proposer_names
 
     try:
         options = SegmentOptions(min_area=min_area, polygon_tolerance=polygon_tolerance, overlays=overlays,
                                  overlay_format=overlay_format, resume=resume)
-        chosen = build_proposer(proposer, sam2_checkpoint, sam2_config, annotations, annotation_format, parse_options(option),
-                                proposer_model, device=device and _device(device))
-        console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
-        report = run_segment(inputs, out, chosen, options, progress=not quiet)
+        proposer_options = parse_options(option)
+        device = device and _device(device)
+        if engine == "ray":
+            expand_inputs(inputs)
+            if proposer not in proposer_names():
+                raise DefectkitError(f"unknown proposer {proposer!r}; choose one of: {', '.join(proposer_names())}")
+            if sam2_checkpoint or sam2_config or annotations:
+                raise DefectkitError("--engine ray takes a proposer by name (with --proposer-model, -O); not --sam2-* or --annotations")
+            _start_ray(address, workers, cpus_per_worker, gpus_per_worker, proposer)
+            report = segment_on_ray(inputs, out, options, progress=not quiet, proposer=proposer, proposer_options=proposer_options,
+                                    proposer_model=proposer_model, workers=workers, cpus_per_worker=cpus_per_worker,
+                                    gpus_per_worker=gpus_per_worker, device=device)
+            chosen_name = proposer
+        else:
+            _check_engine(engine)
+            chosen = build_proposer(proposer, sam2_checkpoint, sam2_config, annotations, annotation_format, proposer_options,
+                                    proposer_model, device=device)
+            console.print(f"proposer: {proposer_choice(chosen)}", soft_wrap=True, markup=False)
+            report = run_segment(inputs, out, chosen, options, progress=not quiet)
+            chosen_name = chosen.describe().get("name")
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
-    console.print(f"proposer: {chosen.describe().get('name')}; {report.done} image(s) segmented, {report.skipped} kept from before, "
+    console.print(f"proposer: {chosen_name}; {report.done} image(s) segmented, {report.skipped} kept from before, "
                   f"{len(report.failed)} failed, in {report.seconds:.1f} s; results in {out}", soft_wrap=True, markup=False)
     if report.failed:
         console.print(f"failed images are listed in {report.errors_path}", markup=False)
@@ -679,11 +721,11 @@ def classify(
     overlay_format: str = _OVERLAY_FORMAT,
     resume: bool = typer.Option(False, help="Keep images whose results already exist in --out."),
     device: Optional[str] = _DEVICE,
-    engine: str = typer.Option("local", help="local, or ray: an actor pool on a Ray cluster (pip install 'defectkit[ray]')."),
-    address: Optional[str] = typer.Option(None, help="--engine ray: the cluster to join (auto, or ray://host:10001); default a local Ray."),
-    workers: int = typer.Option(1, help="--engine ray: actors, each with the model loaded once."),
-    cpus_per_worker: float = typer.Option(1, help="--engine ray: CPUs per actor (its torch threads)."),
-    gpus_per_worker: float = typer.Option(0, help="--engine ray: GPUs per actor (fractions share one)."),
+    engine: str = _ENGINE,
+    address: Optional[str] = _ADDRESS,
+    workers: int = _WORKERS,
+    cpus_per_worker: float = _CPUS_PER_WORKER,
+    gpus_per_worker: float = _GPUS_PER_WORKER,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Find and classify the defects on images: per-image JSON and overlay, images.csv (a verdict per
@@ -708,17 +750,13 @@ def classify(
             raise DefectkitError(f"unknown proposer {proposer!r}; choose one of: {', '.join(proposer_names())}")
         device = device and _device(device)
         settings = dict(min_area=min_area, min_confidence=thresholds or None, keep_background=keep_background)
-        if engine not in ("local", "ray"):
-            raise DefectkitError(f"--engine must be local or ray, got {engine!r}")
+        _check_engine(engine)
         if engine == "ray":
-            from defectkit.distributed import start
             from defectkit.jobs.classify import classify_on_ray
 
             if sam2_checkpoint or sam2_config or proposer_model:
                 raise DefectkitError("--engine ray takes the proposer the model carries, or one by name; not --sam2-* or --proposer-model")
-            start(address)
-            console.print(f"engine: ray, {workers} worker(s) of {cpus_per_worker} CPU and {gpus_per_worker} GPU; proposer {proposer}",
-                          soft_wrap=True, markup=False)
+            _start_ray(address, workers, cpus_per_worker, gpus_per_worker, proposer)
             report, rows = classify_on_ray(inputs, out, model, options, progress=not quiet, proposer=proposer,
                                            proposer_options=proposer_options, workers=workers, cpus_per_worker=cpus_per_worker,
                                            gpus_per_worker=gpus_per_worker, device=device, classifier_options=settings)

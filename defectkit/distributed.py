@@ -1,5 +1,5 @@
-"""Classifying on a Ray cluster (``pip install defectkit[ray]``): Ray Data moves the images through an
-actor pool, each actor loads the classifier once, and the driver writes exactly the files a local
+"""Classifying and segmenting on a Ray cluster (``pip install defectkit[ray]``): Ray Data moves the
+images through an actor pool, each actor loads the classifier (or the proposer) once, and the driver writes exactly the files a local
 run writes (``run_files.RunFiles``: per-image JSON and overlay, CSVs, COCO, report, resume).
 
 Each actor reads its images itself, from paths every machine sees (a shared file system): an
@@ -47,19 +47,21 @@ def start(address: str | None = None, cpus: int | None = None):
     return ray
 
 
-class ClassifyActor:
-    """One per worker: the classifier loaded once, then batches of image paths classified."""
+def _limit_threads(threads: int) -> None:
+    import torch
+    from threadpoolctl import threadpool_limits
 
-    def __init__(self, model_dir: str, proposer: str = "auto", proposer_options: dict | None = None, threads: int = 1,
-                 device: str | None = None, classifier_options: dict | None = None):
-        import torch
-        from threadpoolctl import threadpool_limits
+    torch.set_num_threads(max(1, int(threads)))  # this actor's share of the machine's cores
+    threadpool_limits(max(1, int(threads)))
 
-        from defectkit.pipeline import DefectClassifier
 
-        torch.set_num_threads(max(1, int(threads)))  # this actor's share of the machine's cores
-        threadpool_limits(max(1, int(threads)))
-        self.classifier = DefectClassifier.load(model_dir, proposer, proposer_options=proposer_options, device=device, **(classifier_options or {}))
+class _ImageActor:
+    """Batches of image paths in, one row per image out: ``path``, ``record`` (the per-image JSON a
+    local run writes, as text; empty on error), ``error`` (JSON with type and message; empty when
+    fine) and ``image`` (the decoded RGB image, for overlays)."""
+
+    def analyse(self, image: np.ndarray, path: str) -> dict:
+        raise NotImplementedError
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from defectkit.export import dumps
@@ -70,7 +72,7 @@ class ClassifyActor:
             record, error, image = "", "", np.zeros((0, 0, 3), np.uint8)
             try:
                 image = read_image(path)
-                record = dumps(self.classifier.classify(image, image_path=path).to_json())
+                record = dumps(self.analyse(image, str(path)))
             except Exception as exc:  # one bad image is one error row
                 error = json.dumps({"type": type(exc).__name__, "message": str(exc)})
             out["path"].append(str(path))
@@ -80,20 +82,47 @@ class ClassifyActor:
         return out
 
 
-def classify_dataset(ds, model_dir: str | Path, proposer: str = "auto", proposer_options: dict | None = None, workers: int = 1,
-                     cpus_per_worker: float = 1, gpus_per_worker: float = 0, device: str | None = None,
-                     classifier_options: dict | None = None, batch_size: int = BATCH_IMAGES):
-    """A Ray Dataset of image paths (column ``path``) -> one of results: ``path``, ``record`` (the
-    per-image JSON ``classify`` writes, as text; empty on error), ``error`` (JSON with type and
-    message; empty when fine) and ``image`` (the decoded RGB image, for overlays). Chain it with
-    any Ray pipeline (``write_parquet`` and so on)."""
+class ClassifyActor(_ImageActor):
+    """One per worker: the classifier loaded once, then batches of image paths classified."""
+
+    def __init__(self, model_dir: str, proposer: str = "auto", proposer_options: dict | None = None, threads: int = 1,
+                 device: str | None = None, classifier_options: dict | None = None):
+        from defectkit.pipeline import DefectClassifier
+
+        _limit_threads(threads)
+        self.classifier = DefectClassifier.load(model_dir, proposer, proposer_options=proposer_options, device=device, **(classifier_options or {}))
+
+    def analyse(self, image: np.ndarray, path: str) -> dict:
+        return self.classifier.classify(image, image_path=path).to_json()
+
+
+class SegmentActor(_ImageActor):
+    """One per worker: the proposer built once, then batches of image paths segmented."""
+
+    def __init__(self, proposer: str = "auto", proposer_options: dict | None = None, threads: int = 1, device: str | None = None,
+                 proposer_model: str | None = None, min_area: int = 10, polygon_tolerance: float = 1.0):
+        from defectkit.propose import build_proposer
+
+        _limit_threads(threads)
+        self.proposer = build_proposer(proposer, options=proposer_options, proposer_model=proposer_model, device=device)
+        self.description = self.proposer.describe()
+        self.min_area, self.polygon_tolerance = min_area, polygon_tolerance
+
+    def analyse(self, image: np.ndarray, path: str) -> dict:
+        from defectkit.defect import image_record
+        from defectkit.geometry import polygonize
+
+        masks = self.proposer.propose(image, image_path=path)
+        defects = polygonize(masks, image, path, self.min_area, self.polygon_tolerance)
+        return image_record(path, (image.shape[1], image.shape[0]), defects, proposer=self.description)
+
+
+def _on_actors(ds, actor: type, settings: dict, workers: int, cpus_per_worker: float, gpus_per_worker: float, batch_size: int):
     from ray.data import ActorPoolStrategy
 
     return ds.map_batches(
-        ClassifyActor,
-        fn_constructor_kwargs={"model_dir": str(model_dir), "proposer": proposer, "proposer_options": proposer_options,
-                               "threads": max(1, int(cpus_per_worker)), "device": device,
-                               "classifier_options": classifier_options},
+        actor,
+        fn_constructor_kwargs={**settings, "threads": max(1, int(cpus_per_worker))},
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_worker,
@@ -103,8 +132,28 @@ def classify_dataset(ds, model_dir: str | Path, proposer: str = "auto", proposer
     )
 
 
-def ray_outcomes(model_dir: str | Path, **settings):
-    """The ``outcomes`` of a batch run (see ``jobs.batch.run_batch``), computed on Ray."""
+def classify_dataset(ds, model_dir: str | Path, proposer: str = "auto", proposer_options: dict | None = None, workers: int = 1,
+                     cpus_per_worker: float = 1, gpus_per_worker: float = 0, device: str | None = None,
+                     classifier_options: dict | None = None, batch_size: int = BATCH_IMAGES):
+    """A Ray Dataset of image paths (column ``path``) -> one of results (see ``_ImageActor``):
+    chain it with any Ray pipeline (``write_parquet`` and so on)."""
+    settings = {"model_dir": str(model_dir), "proposer": proposer, "proposer_options": proposer_options, "device": device,
+                "classifier_options": classifier_options}
+    return _on_actors(ds, ClassifyActor, settings, workers, cpus_per_worker, gpus_per_worker, batch_size)
+
+
+def segment_dataset(ds, proposer: str = "auto", proposer_options: dict | None = None, workers: int = 1, cpus_per_worker: float = 1,
+                    gpus_per_worker: float = 0, device: str | None = None, proposer_model: str | None = None, min_area: int = 10,
+                    polygon_tolerance: float = 1.0, batch_size: int = BATCH_IMAGES):
+    """As :func:`classify_dataset`, the regions proposed and polygonized, unclassified (``segment``)."""
+    settings = {"proposer": proposer, "proposer_options": proposer_options, "device": device, "proposer_model": proposer_model,
+                "min_area": min_area, "polygon_tolerance": polygon_tolerance}
+    return _on_actors(ds, SegmentActor, settings, workers, cpus_per_worker, gpus_per_worker, batch_size)
+
+
+def ray_outcomes(dataset=classify_dataset, *args, **settings):
+    """The ``outcomes`` of a batch run (see ``jobs.batch.run_batch``), computed on Ray by
+    ``dataset`` (:func:`classify_dataset` or :func:`segment_dataset`) with ``args`` and ``settings``."""
     from defectkit.defect import defects_from_record
 
     def outcomes(paths: Iterable[Path]) -> Iterator[tuple]:
@@ -112,7 +161,7 @@ def ray_outcomes(model_dir: str | Path, **settings):
         if not paths:
             return
         ray = require_ray()
-        ds = classify_dataset(ray.data.from_items([{"path": str(p)} for p in paths]), model_dir, **settings)
+        ds = dataset(ray.data.from_items([{"path": str(p)} for p in paths]), *args, **settings)
         for expected, row in zip(paths, ds.iter_rows()):
             if row["path"] != str(expected):
                 raise RuntimeError(f"Ray returned {row['path']} where {expected} was due: results out of order")

@@ -1,5 +1,5 @@
-"""`classify --engine ray` on a local Ray: the same files as a local run, and nothing lost or written
-twice when an actor or the driver is killed."""
+"""`classify --engine ray` (and `segment`) on a local Ray: the same files as a local run, and nothing
+lost or written twice when an actor or the driver is killed."""
 
 import os
 import signal
@@ -58,6 +58,16 @@ def test_ray_writes_the_files_of_a_local_run(local_ray, images, local_run, tmp_p
     result = CliRunner().invoke(app, ray_args(images, tmp_path / "ray", "--workers", "2"))
     assert result.exit_code == 1 and "engine: ray, 2 worker(s)" in result.output, result.output
     assert files(tmp_path / "ray") == files(local_run)
+
+
+def test_segment_on_ray_writes_the_files_of_a_local_segment_run(local_ray, images, tmp_path):
+    args = ["segment", str(images), "-p", "classical", "-O", "max_proposals=4", "-q"]
+    local = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "local")])
+    assert local.exit_code == 1, local.output  # the broken image
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"])
+    assert result.exit_code == 1 and "engine: ray, 2 worker(s)" in result.output, result.output
+    assert files(tmp_path / "ray") == files(tmp_path / "local")
+    assert '"max_proposals": 4' in (tmp_path / "ray" / "exp1_num_108719.json").read_text()  # the -O setting reached the actors
 
 
 def actor_pids() -> list[int]:

@@ -53,11 +53,11 @@ def classify_on_ray(inputs: list[str | Path], out: str | Path, model_dir: str | 
     :mod:`defectkit.distributed`; ``ray_settings``: proposer, proposer_options, workers,
     cpus_per_worker, gpus_per_worker, device, classifier_options); the files written are the same."""
     from defectkit.bundle import read_manifest
-    from defectkit.distributed import ray_outcomes
+    from defectkit.distributed import classify_dataset, ray_outcomes
     from defectkit.taxonomy import Taxonomy
 
     taxonomy = Taxonomy(**{k: v for k, v in read_manifest(model_dir)["taxonomy"].items() if k in ("name", "categories", "aliases")})
-    return _write(inputs, out, taxonomy, ray_outcomes(model_dir, **ray_settings), options, progress, None)
+    return _write(inputs, out, taxonomy, ray_outcomes(classify_dataset, model_dir, **ray_settings), options, progress, None)
 
 
 def _write(inputs, out, taxonomy, outcomes, options: ClassifyOptions, progress: bool, timings) -> tuple[BatchReport, list[dict]]:

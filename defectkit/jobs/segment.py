@@ -45,6 +45,21 @@ def segment(inputs: list[str | Path], out: str | Path, proposer: Proposer, optio
         defects = polygonize(masks, image, path, options.min_area, options.polygon_tolerance)
         return image_record(path, (image.shape[1], image.shape[0]), defects, proposer=description), defects
 
+    return _write(inputs, out, read_each(analyse), options, progress)
+
+
+def segment_on_ray(inputs: list[str | Path], out: str | Path, options: SegmentOptions = SegmentOptions(), progress: bool = True,
+                   **ray_settings) -> BatchReport:
+    """As :func:`segment`, the images segmented by an actor pool on Ray (see :mod:`defectkit.distributed`;
+    ``ray_settings``: proposer, proposer_options, proposer_model, workers, cpus_per_worker,
+    gpus_per_worker, device); the files written are the same."""
+    from defectkit.distributed import ray_outcomes, segment_dataset
+
+    outcomes = ray_outcomes(segment_dataset, min_area=options.min_area, polygon_tolerance=options.polygon_tolerance, **ray_settings)
+    return _write(inputs, out, outcomes, options, progress)
+
+
+def _write(inputs, out, outcomes, options: SegmentOptions, progress: bool) -> BatchReport:
     files = RunFiles(out, CocoWriter(), options.overlays, options.overlay_format, options.resume, csv_file=CSV_FILE, coco_file=COCO_FILE)
-    report, _ = write_results(inputs, out, read_each(analyse), files, desc="segment", progress=progress)
+    report, _ = write_results(inputs, out, outcomes, files, desc="segment", progress=progress)
     return report

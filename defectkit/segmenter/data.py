@@ -39,6 +39,7 @@ class SegImage:
     regions: list[Region]  # the true regions to find (for boxes: the filled boxes)
     stratum: str  # the first region's subtype, or background: what the split keeps balanced
     boxes: bool = False  # labelled with boxes: score by box overlap
+    subtypes: list[str] = field(default_factory=list)  # each region's subtype (for per-class figures)
 
 
 @dataclass
@@ -131,7 +132,7 @@ def _defect_image(path, image: np.ndarray, annotations: list[Annotation], taxono
         subtypes += [subtype] * (len(regions) - len(subtypes))
     if not regions:
         return None
-    return SegImage(Path(path), image, target, regions, subtypes[0], boxes)
+    return SegImage(Path(path), image, target, regions, subtypes[0], boxes, subtypes)
 
 
 def _mask_corners(mask: np.ndarray) -> list[list[float]]:
@@ -175,4 +176,4 @@ def rescaled(item: SegImage, scale: float) -> SegImage:
     coverage = cv2.resize(item.target.astype(np.float32), image.shape[1::-1], interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     target = coverage >= 0.25
     regions = connected_regions(target) if item.regions else []
-    return SegImage(item.path, image, target, regions, item.stratum, item.boxes)
+    return SegImage(item.path, image, target, regions, item.stratum, item.boxes, item.subtypes)

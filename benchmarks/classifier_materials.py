@@ -24,7 +24,7 @@ import numpy as np
 
 from defectkit.classifier import ClassifierConfig
 from defectkit.embed import EmbeddingCache
-from defectkit.features import build_features
+from defectkit.features import build_features, feature_columns
 from defectkit.jobs.evaluate import cross_validate
 from defectkit.jobs.extract import ExtractOptions, extract
 from defectkit.labelled import load_labelled
@@ -95,16 +95,20 @@ def main() -> None:
     parser.add_argument("--tune", type=int, default=0, help="also run a tune study of this many trials (seed-0 folds)")
     parser.add_argument("--images", type=int, default=0, help="use this many source images per data set (0: all)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/defectkit-bench/materials"))
+    parser.add_argument("--train-default", action="store_true",
+                        help="only time `train` with its defaults (texture chosen by grouped CV) against `train --no-texture`")
     args = parser.parse_args()
     use_one_thread()
     for name in args.dataset or list(DATASETS):
         taxonomy = Taxonomy.load(DATASETS[name][2])
+        if args.train_default:
+            default_train_cost(name, crops_of(name, args.work, args.images or None), taxonomy, args)
+            continue
         crops = load_labelled(crops_of(name, args.work, args.images or None), taxonomy)
         base = ClassifierConfig(texture=True)
         spec_all, embedder = base.feature_spec(), base.embedder()
         start = time.perf_counter()
         X_all = build_features(crops.records, spec_all, embedder, EmbeddingCache(), progress=True)
-        column = {n: i for i, n in enumerate(spec_all.names(embedder.dim))}
         print(f"\n{name}: {len(crops.records)} crops from {len(np.unique(crops.groups))} source images; features in "
               f"{time.perf_counter() - start:.0f} s; {args.cv}-fold CV grouped by source image, fold seeds 0..{args.seeds - 1}")
         settings = {label: replace(ClassifierConfig(), **FEATURE_SETS[label]) for label in args.features or FEATURE_SETS}
@@ -114,7 +118,7 @@ def main() -> None:
         print(f"{'setting':<34} {'defect macro-F1':>18}  " + " ".join(f"{s[:9]:>9}" for s in defects) + "   seconds")
         for label, config in settings.items():
             spec = config.feature_spec()
-            X = X_all[:, [column[n] for n in spec.names(embedder.dim if spec.embedding else 0)]]
+            X = feature_columns(X_all, spec_all, spec, embedder.dim)
             scores, per_class, start = [], {s: [] for s in defects}, time.perf_counter()
             for seed in range(args.seeds):
                 with parallel_folds():
@@ -124,6 +128,32 @@ def main() -> None:
                     per_class[s].append(result.reports["hierarchy"]["subtype"]["per_class"][s]["f1"])
             cells = " ".join(f"{np.mean(per_class[s]):>9.3f}" for s in defects)
             print(f"{label:<34} {np.mean(scores):>10.3f} +- {np.std(scores):.3f}  {cells}   {time.perf_counter() - start:>7.0f}", flush=True)
+
+
+def default_train_cost(name: str, crops: Path, taxonomy: Taxonomy, args) -> None:
+    """`train`'s default (texture with or without, chosen by its grouped CV) against a fixed
+    setting: the choice made, the CV scores it saw and the seconds it adds (texture features computed,
+    embeddings cached)."""
+    from defectkit.jobs.train import train
+
+    import shutil
+
+    # a fresh cache with the embeddings only: the default pays for computing texture, as a new user's run does
+    shutil.rmtree(args.work / f"{name}-cost-cache", ignore_errors=True)
+    cache = EmbeddingCache(args.work / f"{name}-cost-cache")
+    build_features(load_labelled(crops, taxonomy).records, ClassifierConfig().feature_spec(), ClassifierConfig().embedder(), cache,
+                   progress=True)
+    timed = {}
+    for label, choose in (("train --no-texture", False), ("train (default: texture chosen)", True)):
+        result = train(crops, taxonomy, args.work / f"{name}-model-{int(choose)}", ClassifierConfig(), args.cv, cache, progress=False,
+                       choose_texture=choose)
+        timed[label] = result.seconds
+        choice = result.summary.get("texture_choice")
+        said = (f"; chose {'with' if choice['texture'] else 'without'} texture (CV macro-F1 {choice['cv_macro_f1']['with']:.3f} with, "
+                f"{choice['cv_macro_f1']['without']:.3f} without), the choice {choice['seconds']:.0f} s") if choice else ""
+        print(f"{name}: {label}: {result.seconds:.0f} s{said}", flush=True)
+    first, second = timed.values()
+    print(f"{name}: the default costs {second - first:+.0f} s ({second / first:.1f}x) over train --no-texture, cached embeddings", flush=True)
 
 
 def tuned(dataset: Path, taxonomy: Taxonomy, args, name: str) -> ClassifierConfig:

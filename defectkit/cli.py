@@ -509,7 +509,7 @@ def train(
     backbone_weights: Optional[str] = _WEIGHTS,
     image_size: Optional[int] = _IMAGE_SIZE,
     mask_mode: Optional[str] = _MASK_MODE,
-    texture: bool = _TEXTURE,
+    texture: Optional[bool] = typer.Option(None, "--texture/--no-texture", help="Add LBP, GLCM and HOG texture features, or not; default: whichever scores better in the grouped CV (needs --cv)."),
     no_embedding: bool = _NO_EMBEDDING,
     pca: int = _PCA,
     reject: Optional[float] = typer.Option(None, "--min-confidence", "--reject", help="Report a defect as 'uncertain' when its subtype probability is below this (stored in the bundle; classify --min-confidence overrides it)."),
@@ -528,11 +528,15 @@ def train(
 
     use_one_thread()  # see defectkit.threads: spin-waiting threads slow the fit on busy cores
     try:
-        config = _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, reject, device)
+        config = _config(backbone, backbone_weights, image_size, mask_mode, bool(texture), no_embedding, pca, seed, reject, device)
         result = run_train(dataset, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), progress=not quiet, proposer=proposer_model,
-                           target_precision=target_precision)
+                           target_precision=target_precision, choose_texture=texture is None)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
+    if choice := result.summary.get("texture_choice"):
+        Console().print(f"texture features: {'with' if choice['texture'] else 'without'} (grouped CV defect macro-F1 "
+                        f"{choice['cv_macro_f1']['with']:.4f} with, {choice['cv_macro_f1']['without']:.4f} without; "
+                        f"the choice took {choice['seconds']:.0f} s)", soft_wrap=True)
     if result.cv:
         print_scores({"hierarchy": result.cv.reports["hierarchy"]}, f"{result.cv.k}-fold CV grouped by source image")
         print_per_class(result.cv.reports["hierarchy"])

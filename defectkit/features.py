@@ -172,6 +172,12 @@ class EmbeddingPCA(TransformerMixin, BaseEstimator):
         return np.hstack([X[:, : self.start], self.pca_.transform(X[:, self.start :])])
 
 
+def feature_columns(X: np.ndarray, built: FeatureSpec, wanted: FeatureSpec, embedding_dim: int = 0) -> np.ndarray:
+    """The columns of ``wanted`` out of rows built with ``built`` (which holds every block of it)."""
+    names = {n: i for i, n in enumerate(built.names(embedding_dim))}
+    return X[:, [names[n] for n in wanted.names(embedding_dim if wanted.embedding else 0)]]
+
+
 def crop_features(defects: Sequence, crops: Sequence[np.ndarray], masks: Sequence[np.ndarray], spec: FeatureSpec, embedder=None) -> np.ndarray:
     """The rows :func:`build_features` makes, for regions (``Defect``s or records) whose crops are
     held in memory (``classify``): no files, no cache."""

@@ -29,7 +29,9 @@ def test_train_evaluate_and_tune_show_the_classifier_defaults():
     for command in (cli.train, cli.evaluate):
         shown = cli_defaults(command)
         assert shown["pca"] == config.pca and shown["seed"] == config.seed, command.__name__
-        assert shown["texture"] == config.texture and shown["no_embedding"] == (not config.embedding), command.__name__
+        assert shown["no_embedding"] == (not config.embedding), command.__name__
+    assert cli_defaults(cli.evaluate)["texture"] == config.texture
+    assert cli_defaults(cli.train)["texture"] is None  # train chooses it by grouped CV
     assert cli_defaults(cli.train)["cv"] == parameter_default(train, "cv")
     tune = cli_defaults(cli.tune)
     assert (tune["trials"], tune["cv"], tune["storage"], tune["study"], tune["timeout"], tune["no_final"]) == (

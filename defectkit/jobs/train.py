@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from defectkit.bundle import save_bundle
 from defectkit.classifier import ClassifierConfig, fit_model
 from defectkit.data.manifest import crop_settings, negatives_settings
 from defectkit.jobs.evaluate import CVResult, cross_validate
-from defectkit.features import build_features
+from defectkit.features import FeatureSpec, build_features, feature_columns
 from defectkit.errors import DefectkitError
 from defectkit.labelled import check_trainable, load_labelled
 from defectkit.metrics import precision_thresholds
@@ -41,6 +43,7 @@ def train(
     proposer: str | Path | None = None,
     record: dict | None = None,
     target_precision: float | None = None,
+    choose_texture: bool = False,
 ) -> TrainResult:
     """Embed the crops, estimate quality by grouped ``cv``-fold CV (0: skip), fit on all crops, save.
     ``timings`` adds the seconds of ``features`` (backbone built, crops embedded or taken from the
@@ -48,10 +51,15 @@ def train(
     ``proposer``: a proposer bundle (``train-proposer``) that the model carries and ``classify`` uses.
     ``record``: more to keep in the bundle's training summary (``tune`` keeps its study there).
     ``target_precision``: per subtype, the confidence below which a defect is reported ``uncertain``
-    is chosen on the CV's out-of-fold predictions so that the rest reach this precision (needs ``cv``)."""
+    is chosen on the CV's out-of-fold predictions so that the rest reach this precision (needs ``cv``).
+    ``choose_texture``: the grouped CV runs with and without the texture features and the better one
+    (defect-subtype macro-F1) is trained; the bundle records both scores (without ``cv``, no texture)."""
     if target_precision is not None and not (cv and 0 < target_precision < 1):
         raise DefectkitError(f"--target-precision needs --cv K and a value between 0 and 1, got {target_precision} with --cv {cv}")
     start = time.perf_counter()
+    choice = None
+    if choose_texture:
+        config = replace(config, texture=bool(cv))  # built with texture when it may be chosen
     with stage(timings, "features"):
         crops = load_labelled(dataset, taxonomy)
         check_trainable(crops)
@@ -60,11 +68,14 @@ def train(
         X = build_features(crops.records, spec, embedder, cache, progress)
     with parallel_folds(jobs):
         with stage(timings, "cv"):
-            result = cross_validate(X, crops, taxonomy, config, spec, cv, progress=progress) if cv else None
+            if choose_texture and cv:
+                config, spec, X, result, choice = _choose_texture(X, spec, embedder, crops, taxonomy, config, cv, progress)
+            else:
+                result = cross_validate(X, crops, taxonomy, config, spec, cv, progress=progress) if cv else None
         with stage(timings, "fit"):
             model = fit_model(config.model(taxonomy, spec), X, crops.subtypes, crops.groups, config)
     summary = {**crops.summary(), "config": config.to_dict(), "crop": crop_settings(dataset),
-               "negatives_from": negatives_settings(dataset), **(record or {})}
+               "negatives_from": negatives_settings(dataset), **({"texture_choice": choice} if choice else {}), **(record or {})}
     metrics = result.to_dict() if result else {}
     metrics.pop("confusion", None)
     thresholds = None
@@ -75,3 +86,20 @@ def train(
         bundle = save_bundle(out, model, taxonomy, spec, embedder, training=summary, metrics=metrics, proposer=proposer,
                              thresholds=thresholds)
     return TrainResult(bundle, model, summary, result, time.perf_counter() - start)
+
+
+def _choose_texture(X, spec: FeatureSpec, embedder, crops, taxonomy: Taxonomy, config: ClassifierConfig, cv: int, progress: bool):
+    """Grouped CV without and with the texture block (``X`` holds both); the better one, by mean
+    defect-subtype macro-F1 over the folds (ties: without, the cheaper)."""
+    start = time.perf_counter()
+    tried = {}
+    for texture in (False, True):
+        option = replace(config, texture=texture)
+        columns = feature_columns(X, spec, option.feature_spec(), embedder.dim if embedder else 0)
+        result = cross_validate(columns, crops, taxonomy, option, option.feature_spec(), cv, progress=progress)
+        tried[texture] = (option, columns, result, float(np.mean(result.per_fold["hierarchy"])))
+    texture = tried[True][3] > tried[False][3]
+    option, columns, result, _ = tried[texture]
+    choice = {"texture": texture, "cv_macro_f1": {"without": round(tried[False][3], 4), "with": round(tried[True][3], 4)},
+              "folds": result.k, "seconds": round(time.perf_counter() - start, 1)}
+    return option, option.feature_spec(), columns, result, choice

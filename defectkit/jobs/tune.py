@@ -25,7 +25,7 @@ import numpy as np
 
 from defectkit.classifier import ClassifierConfig
 from defectkit.errors import DefectkitError
-from defectkit.features import build_features
+from defectkit.features import build_features, feature_columns
 from defectkit.jobs.evaluate import cross_validate
 from defectkit.labelled import check_trainable, load_labelled
 from defectkit.taxonomy import Taxonomy
@@ -103,12 +103,11 @@ def tune(dataset: str | Path, taxonomy: Taxonomy, out: str | Path, base: Classif
     spec_all = every_block.feature_spec()
     embedder = every_block.embedder()
     X_all = build_features(crops.records, spec_all, embedder, cache, progress)
-    columns_of = {n: i for i, n in enumerate(spec_all.names(embedder.dim if embedder else 0))}
 
     def objective(trial) -> float:
         config = suggest(trial, base, base.embedding)
         spec = config.feature_spec()
-        X = X_all[:, [columns_of[n] for n in spec.names(embedder.dim if embedder and spec.embedding else 0)]]
+        X = feature_columns(X_all, spec_all, spec, embedder.dim if embedder else 0)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
         def on_fold(fold: int, scores: list[float]) -> None:

@@ -197,11 +197,38 @@ def learned_model(root: Path, parts: dict, seed: int, work: Path, retrain: bool,
     return out
 
 
-def build(name: str, model: Path | None) -> Proposer:
+def reselected(model: Path, root: Path, parts: dict, seed: int, budget: float) -> dict:
+    """The kept network's post-processing chosen again on its own validation part (the images
+    train-proposer held out of the training part) for the most regions found within ``budget``
+    false regions per clean image: the selection rule alone, without training again."""
+    import torch
+
+    from defectkit.segmenter.bundle import load_proposer
+    from defectkit.segmenter.data import load_seg_data, split_seg_data
+    from defectkit.segmenter.inference import probability_map
+    from defectkit.segmenter.scoring import MIN_AREAS, choose_postprocess
+    from defectkit.segmenter.train import validation_images
+    from defectkit.taxonomy import Taxonomy
+
+    bundle = load_proposer(model, torch.device("cpu"))
+    trained = json.loads((model / "proposer.json").read_text())["training"]["config"]
+    taxonomy = Taxonomy.load(Path(__file__).resolve().parents[1] / "configs" / "taxonomy" / "magnetic-tile.yaml")
+    data = load_seg_data(root, "masks", taxonomy, trained["box_fill"], trained["min_area"], progress=False)
+    wanted = {str(p) for cls in CLASSES for p in parts[cls]["train"]}
+    _, val = split_seg_data([i for i in data.images if str(i.path) in wanted], trained["val_fraction"], trained["seed"])
+    val = validation_images(val, limit_clean=False)
+    maps = [probability_map(bundle.network, i.image, bundle.tile, bundle.overlap, torch.device("cpu"), bundle.scale) for i in val]
+    post, result = choose_postprocess([(i.regions, i.boxes) for i in val], maps, tuple(sorted({trained["min_area"], *MIN_AREAS})), budget)
+    print(f"learned, post-processing chosen again on its {len(val)} validation images for at most {budget} false regions per "
+          f"clean image: {post.to_dict()} (as trained: {bundle.post.to_dict()}); validation {result.to_dict()}")
+    return {"threshold": post.threshold, "seed_threshold": post.seed_threshold, "min_area": post.min_area}
+
+
+def build(name: str, model: Path | None, post: dict | None = None) -> Proposer:
     if name == "learned":
-        return create_proposer("learned", model=model)
+        return create_proposer("learned", model=model, **(post or {}))
     if name == "learned+classical":
-        return create_proposer("union", members=[create_proposer("learned", model=model), "classical"])
+        return create_proposer("union", members=[create_proposer("learned", model=model, **(post or {})), "classical"])
     return create_proposer(name)
 
 
@@ -216,6 +243,9 @@ def main() -> None:
                         help="a learned proposer setting other than the default (repeatable), e.g. input_scale=0.5, architecture=unet, epochs=40")
     parser.add_argument("--part", choices=("train", "test"), default="test")
     parser.add_argument("--free", type=int, default=0, help="use only this many defect-free images of the part (0: all)")
+    parser.add_argument("--reselect", type=float, metavar="BUDGET",
+                        help="choose the kept learned proposer's post-processing again on its validation images, for the most "
+                             "regions found with at most BUDGET false regions per clean image (no training)")
     args = parser.parse_args()
     import torch
 
@@ -232,9 +262,10 @@ def main() -> None:
         items = load(chosen)
         print(f"magnetic-tile {args.part} part (seed {seed}): {len(items)} images loaded in "
               f"{time.perf_counter() - start:.1f} s\n")
+        post = reselected(model, args.data, parts, seed, args.reselect) if model and args.reselect is not None else None
         results = {}
         for name in names:
-            proposer = build(name, model)
+            proposer = build(name, model, post)
             results[name] = evaluate(proposer, items)
             if name != "given":
                 print(f"{name}: {proposer.describe()}")

@@ -104,17 +104,6 @@ def simplify(contour: np.ndarray, tolerance: float) -> np.ndarray:
     return cv2.approxPolyDP(contour, tolerance, closed=True).reshape(-1, 2)
 
 
-def outline(contour: np.ndarray, tolerance: float, region: "Region") -> np.ndarray:
-    """The simplified outer ring, never fewer than 3 points: a region a pixel or two wide (a thin
-    crack) simplifies to a line, which no polygon reader (COCO, Label Studio, CVAT) takes back;
-    then the ring as traced, or failing that the region's box."""
-    for ring in (simplify(contour, tolerance), contour.reshape(-1, 2)):
-        if len(np.unique(ring, axis=0)) >= 3:
-            return ring
-    x, y, w, h = region.x, region.y, region.w, region.h
-    return np.array([[x, y], [x + w - 1, y], [x + w - 1, y + h - 1], [x, y + h - 1]])
-
-
 def describe(
     region: Region,
     image: np.ndarray,
@@ -124,7 +113,7 @@ def describe(
     """Polygonize and measure one region of ``image`` (RGB or gray, uint8)."""
     height, width = image.shape[:2]
     outer, hole_contours = _contours(region)
-    polygon = outline(outer, polygon_tolerance, region)
+    polygon = simplify(outer, polygon_tolerance)
     holes = [h for h in (simplify(c, polygon_tolerance) for c in hole_contours) if len(h) >= 3]
     area = region.area
     features = _shape_features(region, outer, area)

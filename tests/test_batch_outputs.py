@@ -14,7 +14,7 @@ from filelock import FileLock
 from typer.testing import CliRunner
 
 import defectkit.images
-from defectkit.jobs import batch
+from defectkit import run_files
 from defectkit.cli import app
 from defectkit.jobs.batch import LOCK, output_names
 from defectkit.jobs.segment import segment as run_segment
@@ -54,18 +54,18 @@ def test_a_run_killed_between_overlay_and_json_does_the_image_again_on_resume(tm
     src, out = parts(tmp_path / "in"), tmp_path / "out"
     whole = tmp_path / "whole"
     assert segment([src], whole).exit_code == 0
-    written = batch.atomic_write_text
+    written = run_files.atomic_write_text
 
     def killed_at_the_third(path, text):
         if path.name == "part2.json":
             raise KeyboardInterrupt  # as a kill lands: after part2's overlay, before its JSON
         written(path, text)
 
-    monkeypatch.setattr(batch, "atomic_write_text", killed_at_the_third)
+    monkeypatch.setattr(run_files, "atomic_write_text", killed_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         run_segment([src], out, create_proposer("classical"), progress=False)
     assert (out / "part2.png").is_file() and not (out / "part2.json").exists()
-    monkeypatch.setattr(batch, "atomic_write_text", written)
+    monkeypatch.setattr(run_files, "atomic_write_text", written)
     result = segment([src], out, "--resume")
     assert result.exit_code == 0 and "2 kept from before" in result.output, result.output
     assert outputs(out) == outputs(whole)

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
+from defectkit.defect import defects_from_record, image_record
 from defectkit.export import (
     CocoWriter,
     colour_of,
     csv_rows,
     defect_mask,
-    defects_from_record,
-    image_record,
     overlay,
     write_csv,
     write_json,

@@ -4,7 +4,7 @@ import pytest
 
 from defectkit.crops import CropSpec, crop_region, crop_window
 from defectkit.defect import Defect
-from defectkit.geometry import FEATURE_NAMES, Region, connected_regions, defects_from_mask, describe, dilate_disc, polygonize
+from defectkit.geometry import FEATURE_NAMES, Region, connected_regions, defects_from_mask, describe, dilate_disc
 from tests.conftest import textured
 
 
@@ -153,12 +153,3 @@ def test_dilate_disc_equals_opencv_elliptic_dilation(radius):
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
         assert np.array_equal(dilate_disc(mask, radius), cv2.dilate(mask, kernel))
 
-
-@pytest.mark.parametrize("thickness", [1, 2])
-def test_a_thin_line_keeps_a_polygon_of_three_points_or_more(thickness):
-    """approxPolyDP folds a region a pixel or two wide into a line; polygon readers refuse those."""
-    mask = np.zeros((120, 160), np.uint8)
-    cv2.line(mask, (40, 30), (110, 95), 255, thickness)
-    (defect,) = polygonize([mask > 0], np.full((120, 160), 128, np.uint8))
-    assert len({tuple(p) for p in defect.polygon}) >= 3 and defect.edges == len(defect.polygon)
-    assert Region.from_polygon(defect.polygon, mask.shape).area > 0

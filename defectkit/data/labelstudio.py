@@ -85,8 +85,9 @@ def _annotation(result: dict, width: int, height: int, json_path: Path) -> Annot
     try:
         if kind == "polygonlabels":
             points = np.array([[x * width / 100, y * height / 100] for x, y in value["points"]], dtype=np.float64)
-            if len(points) < 3 or not np.isfinite(points).all():
-                raise ValueError("a polygon needs at least 3 finite points")
+            # two points: a region a pixel wide, as classify writes a thin crack (its outline simplifies to a line)
+            if len(points) < 2 or not np.isfinite(points).all():
+                raise ValueError("a polygon needs at least 2 finite points")
             mask = np.zeros((height, width), np.uint8)
             cv2.fillPoly(mask, [np.round(points).astype(np.int32)], 1)
             return Annotation(str(value["polygonlabels"][0]), mask=mask.astype(bool))

@@ -24,7 +24,7 @@ class RemoteError(DefectkitError):
     """An image's failure on an actor, carried back to the driver."""
 
 
-BATCH_IMAGES = 8  # images per Ray batch: large enough to amortise scheduling, small for retries
+BATCH_IMAGES = 16  # images per Ray batch (a local run's chunk): amortises scheduling and the backbone pass
 
 
 def require_ray():
@@ -92,8 +92,20 @@ class ClassifyActor(_ImageActor):
         _limit_threads(threads)
         self.classifier = DefectClassifier.load(model_dir, proposer, proposer_options=proposer_options, device=device, **(classifier_options or {}))
 
-    def analyse(self, image: np.ndarray, path: str) -> dict:
-        return self.classifier.classify(image, image_path=path).to_json()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        """The batch's images classified together, as a local run does its chunks: one backbone pass
+        and one classifier call for all their regions (read and proposed on this actor's thread)."""
+        from defectkit.export import dumps
+
+        out: dict[str, list] = {"path": [], "record": [], "error": [], "image": []}
+        paths = [str(p) for p in batch["path"]]
+        for path, image, result in self.classifier.stream(paths, chunk_size=max(1, len(paths)), workers=0):
+            failed = isinstance(result, Exception)
+            out["path"].append(str(path))
+            out["record"].append("" if failed else dumps(result.to_json()))
+            out["error"].append(json.dumps({"type": type(result).__name__, "message": str(result)}) if failed else "")
+            out["image"].append(np.zeros((0, 0, 3), np.uint8) if failed else image)
+        return out
 
 
 class SegmentActor(_ImageActor):

@@ -29,6 +29,14 @@ _CPUS_PER_WORKER = typer.Option(1, help="--engine ray: CPUs per actor (its torch
 _GPUS_PER_WORKER = typer.Option(0, help="--engine ray: GPUs per actor (fractions share one).")
 
 
+def _check_proposer(name: str) -> None:
+    """Before any model loads: an unknown proposer name is a one-line error."""
+    from defectkit.propose import proposer_names
+
+    if name not in proposer_names():
+        raise DefectkitError(f"unknown proposer {name!r}; choose one of: {', '.join(proposer_names())}")
+
+
 def _check_engine(engine: str) -> None:
     if engine not in ("local", "ray"):
         raise DefectkitError(f"--engine must be local or ray, got {engine!r}")
@@ -196,7 +204,7 @@ def segment(
     """Propose defect masks and write their polygons: per-image JSON and overlay, coco.json, defects.csv."""
     from defectkit.jobs.batch import expand_inputs
     from defectkit.jobs.segment import SegmentOptions, segment as run_segment, segment_on_ray
-    from defectkit.propose import build_proposer, parse_options, proposer_names
+    from defectkit.propose import build_proposer, parse_options
 
     try:
         options = SegmentOptions(min_area=min_area, polygon_tolerance=polygon_tolerance, overlays=overlays,
@@ -205,8 +213,7 @@ def segment(
         device = device and _device(device)
         if engine == "ray":
             expand_inputs(inputs)
-            if proposer not in proposer_names():
-                raise DefectkitError(f"unknown proposer {proposer!r}; choose one of: {', '.join(proposer_names())}")
+            _check_proposer(proposer)
             if sam2_checkpoint or sam2_config or annotations:
                 raise DefectkitError("--engine ray takes a proposer by name (with --proposer-model, -O); not --sam2-* or --annotations")
             _start_ray(address, workers, cpus_per_worker, gpus_per_worker, proposer)
@@ -739,7 +746,7 @@ def classify(
     from defectkit.jobs.batch import expand_inputs
     from defectkit.jobs.classify import ClassifyOptions, classify_images
     from defectkit.pipeline import DefectClassifier
-    from defectkit.propose import parse_options, proposer_names
+    from defectkit.propose import parse_options
     from defectkit.threads import use_one_thread
 
     # An image's crops make a batch of a handful and its classification a few rows: one thread
@@ -750,8 +757,7 @@ def classify(
         proposer_options = parse_options(option)  # these, the inputs and the proposer's name checked before the model loads
         expand_inputs(inputs)
         thresholds = confidence_thresholds(thresholds_file, min_confidence, threshold)
-        if proposer not in proposer_names():
-            raise DefectkitError(f"unknown proposer {proposer!r}; choose one of: {', '.join(proposer_names())}")
+        _check_proposer(proposer)
         device = device and _device(device)
         settings = dict(min_area=min_area, min_confidence=thresholds or None, keep_background=keep_background)
         _check_engine(engine)

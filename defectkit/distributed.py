@@ -60,25 +60,30 @@ class _ImageActor:
     local run writes, as text; empty on error), ``error`` (JSON with type and message; empty when
     fine) and ``image`` (the decoded RGB image, for overlays)."""
 
+    def results(self, paths: list[str]) -> Iterator[tuple[str, np.ndarray | None, dict | Exception]]:
+        """``(path, image, record or the exception that stopped it)`` for each path, in order."""
+        from defectkit.images import read_image
+
+        for path in paths:
+            try:
+                image = read_image(path)
+                yield path, image, self.analyse(image, path)
+            except Exception as exc:  # one bad image is one error row
+                yield path, None, exc
+
     def analyse(self, image: np.ndarray, path: str) -> dict:
         raise NotImplementedError
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from defectkit.export import dumps
-        from defectkit.images import read_image
 
         out: dict[str, list] = {"path": [], "record": [], "error": [], "image": []}
-        for path in batch["path"]:
-            record, error, image = "", "", np.zeros((0, 0, 3), np.uint8)
-            try:
-                image = read_image(path)
-                record = dumps(self.analyse(image, str(path)))
-            except Exception as exc:  # one bad image is one error row
-                error = json.dumps({"type": type(exc).__name__, "message": str(exc)})
+        for path, image, result in self.results([str(p) for p in batch["path"]]):
+            failed = isinstance(result, Exception)
             out["path"].append(str(path))
-            out["record"].append(record)
-            out["error"].append(error)
-            out["image"].append(image)
+            out["record"].append("" if failed else dumps(result))
+            out["error"].append(json.dumps({"type": type(result).__name__, "message": str(result)}) if failed else "")
+            out["image"].append(np.zeros((0, 0, 3), np.uint8) if failed else image)
         return out
 
 
@@ -92,20 +97,11 @@ class ClassifyActor(_ImageActor):
         _limit_threads(threads)
         self.classifier = DefectClassifier.load(model_dir, proposer, proposer_options=proposer_options, device=device, **(classifier_options or {}))
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+    def results(self, paths: list[str]):
         """The batch's images classified together, as a local run does its chunks: one backbone pass
         and one classifier call for all their regions (read and proposed on this actor's thread)."""
-        from defectkit.export import dumps
-
-        out: dict[str, list] = {"path": [], "record": [], "error": [], "image": []}
-        paths = [str(p) for p in batch["path"]]
         for path, image, result in self.classifier.stream(paths, chunk_size=max(1, len(paths)), workers=0):
-            failed = isinstance(result, Exception)
-            out["path"].append(str(path))
-            out["record"].append("" if failed else dumps(result.to_json()))
-            out["error"].append(json.dumps({"type": type(result).__name__, "message": str(result)}) if failed else "")
-            out["image"].append(np.zeros((0, 0, 3), np.uint8) if failed else image)
-        return out
+            yield path, image, result if isinstance(result, Exception) else result.to_json()
 
 
 class SegmentActor(_ImageActor):

@@ -105,7 +105,10 @@ def load_model(config: str, checkpoint: str | Path | None, device: str | torch.d
     (``checkpoint`` None: random weights). ``image_size``: smaller is much faster on a CPU, and a
     checkpoint trained so should be used at the same size."""
     if checkpoint is None:
-        return build(config, image_size).to(device).eval()
+        # seeded, so that a run (and a test) with random weights is the same every time
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return build(config, image_size).to(device).eval()
     is_yaml = Path(str(config)).suffix == ".yaml" and Path(str(config)).is_file()
     config_name = str(config) if is_yaml else resolve_config(config)
     path = Path(checkpoint)

@@ -5,7 +5,8 @@ Prints, side by side: the `given` proposer (ground-truth regions: classification
 `classical` proposer, the classical proposer with a model trained with its hard negatives, and the
 `learned` proposer (``train-proposer`` defaults, trained on the training part only; the one
 ``benchmarks/proposers.py`` trains for the same seed is reused from ``--proposer-work``) with a model
-trained with its hard negatives.
+trained with its hard negatives, and the union of the learned and classical proposers' regions with
+a model trained with the union's hard negatives.
 
 The backbone (``--backbone``): ``pretrain`` (default) pretrains one with the ``pretrain`` defaults
 on the training part's crops only, as ``benchmarks/backbone_quality.py`` does; ``random`` keeps
@@ -132,18 +133,19 @@ def main() -> None:
     write_manifest(work / "train" / "manifest.jsonl", train_part)
     (work / "train" / "extract.json").write_bytes((plain / "extract.json").read_bytes())
 
-    negatives = work / "crops-negatives"
-    extract(args.src, negatives, taxonomy, ExtractOptions(negatives_from="classical"), progress=False)
-    with_negatives = [r for r in read_manifest(negatives) if r["image"] in train_images]
-    write_manifest(work / "train-negatives" / "manifest.jsonl", with_negatives)
-    (work / "train-negatives" / "extract.json").write_bytes((plain / "extract.json").read_bytes())
+    def with_negatives(name: str, proposer: str, model: Path | None = None) -> list[dict]:
+        """The training part's crops with ``proposer``'s hard negatives, as data set ``work/name``."""
+        crops = work / f"crops-{name}"
+        extract(args.src, crops, taxonomy, ExtractOptions(negatives_from=proposer, proposer_model=model and str(model)), progress=False)
+        rows = [r for r in read_manifest(crops) if r["image"] in train_images]
+        write_manifest(work / name / "manifest.jsonl", rows)
+        (work / name / "extract.json").write_bytes((plain / "extract.json").read_bytes())
+        return rows
 
+    with_classical = with_negatives("train-negatives", "classical")
     learned = learned_proposer(args.src, train_images, args.seed, args.proposer_work)
-    learned_negatives = work / "crops-learned-negatives"
-    extract(args.src, learned_negatives, taxonomy, ExtractOptions(negatives_from="learned", proposer_model=str(learned)), progress=False)
-    with_learned = [r for r in read_manifest(learned_negatives) if r["image"] in train_images]
-    write_manifest(work / "train-learned-negatives" / "manifest.jsonl", with_learned)
-    (work / "train-learned-negatives" / "extract.json").write_bytes((plain / "extract.json").read_bytes())
+    with_learned = with_negatives("train-learned-negatives", "learned", learned)
+    with_union = with_negatives("train-union-negatives", "union", learned)
 
     weights = {"random": "random", "shipped": "default"}.get(args.backbone, str(work / "backbone.safetensors"))
     if args.backbone == "pretrain" and not (args.reuse and Path(weights).is_file()):
@@ -152,6 +154,7 @@ def main() -> None:
     train(work / "train", taxonomy, work / "model", config, cv=0, progress=False)
     train(work / "train-negatives", taxonomy, work / "model-negatives", config, cv=0, progress=False)
     train(work / "train-learned-negatives", taxonomy, work / "model-learned", config, cv=0, progress=False, proposer=learned)
+    train(work / "train-union-negatives", taxonomy, work / "model-union", config, cv=0, progress=False, proposer=learned)
 
     subtypes = [s for s in taxonomy.subtypes if s != BACKGROUND]
     runs = {
@@ -159,13 +162,15 @@ def main() -> None:
         "classical": DefectClassifier.load(work / "model", create_proposer("classical")),
         "classical + hard negatives": DefectClassifier.load(work / "model-negatives", create_proposer("classical")),
         "learned + hard negatives": DefectClassifier.load(work / "model-learned"),
+        "learned+classical + hard negatives": DefectClassifier.load(work / "model-union", "union"),
     }
     results = {name: score(clf, test_images, subtypes) for name, clf in runs.items()}
 
     n_free = sum(1 for t in test_images.values() if not t)
     print(f"split seed {args.seed}: {len(test_images)} held-out images ({len(test_images) - n_free} defective, {n_free} defect-free); "
-          f"{len(train_part)} training crops, {sum(r['origin'] == 'negative' for r in with_negatives)} classical and "
-          f"{sum(r['origin'] == 'negative' for r in with_learned)} learned hard negatives added")
+          f"{len(train_part)} training crops; hard negatives added: "
+          + ", ".join(f"{sum(r['origin'] == 'negative' for r in rows)} {name}"
+                      for name, rows in (("classical", with_classical), ("learned", with_learned), ("learned+classical", with_union))))
     print(f"matching: IoU >= {IOU}; backbone: {args.backbone} ({config.weights})")
     header = f"{'':<28}" + "".join(f"{name:>28}" for name in results)
     print(header)

@@ -1,8 +1,9 @@
 """Throughput of classify on Ray against the local path, on magnetic-tile images (the shipped model,
-the classical proposer): images/s for the local run and for --engine ray with 1 and 2 workers, that
-Ray's files equal the local run's, and the per-image time Ray adds.
+the classical proposer): images/s for the local run and for --engine ray with 1 and 2 workers of one
+CPU each and 1 worker of two CPUs (the whole machine here, as the local run has), that Ray's files
+equal the local run's, and the per-image time Ray adds.
 
-    .venv/bin/python benchmarks/ray_speed.py [--images 200] [--workers 1 --workers 2]
+    .venv/bin/python benchmarks/ray_speed.py [--images 200] [--run 1:1 --run 2:1 --run 1:2]  (workers:CPUs each)
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def run(label: str, images: Path, out: Path, extra: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--workers", type=int, action="append")
+    parser.add_argument("--run", action="append", metavar="WORKERS:CPUS", help="a Ray run: workers and CPUs per worker")
     parser.add_argument("--work", type=Path, default=Path("/tmp/defectkit-bench/ray"))
     args = parser.parse_args()
     images = args.work / "images"
@@ -46,9 +47,11 @@ def main() -> None:
         (images / f"{path.parent.parent.name}-{path.name}").symlink_to(path)
     local = run("local", images, args.work / "local", [])
     files = lambda out: {p.name: p.read_bytes() for p in out.iterdir() if p.name not in (".defectkit.lock", "report.html")}  # noqa: E731
-    for workers in args.workers or [1, 2]:
-        out = args.work / f"ray-{workers}"
-        seconds = run(f"ray, {workers} worker(s)", images, out, ["--engine", "ray", "--workers", str(workers)])
+    for setting in args.run or ["1:1", "2:1", "1:2"]:
+        workers, cpus = (int(v) for v in setting.split(":"))
+        out = args.work / f"ray-{workers}x{cpus}"
+        seconds = run(f"ray, {workers} worker(s) x {cpus} CPU", images, out,
+                      ["--engine", "ray", "--workers", str(workers), "--cpus-per-worker", str(cpus)])
         same = files(out) == files(args.work / "local")
         print(f"  files equal to the local run's: {same}; against local: {local / seconds:.2f}x throughput, "
               f"{(seconds - local) / args.images * 1000:+.0f} ms per image", flush=True)

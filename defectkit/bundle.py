@@ -93,8 +93,8 @@ class Bundle:
         entry = self.manifest.get("proposer")
         return self.path / entry["folder"] if entry else None
 
-    def features(self, records, cache=None, progress: bool = False) -> np.ndarray:
-        return build_features(records, self.spec, self.embedder(), cache, progress)
+    def features(self, records, cache=None, progress: bool = False, embed_on=None) -> np.ndarray:
+        return build_features(records, self.spec, self.embedder(), cache, progress, embed_on)
 
 
 def save_bundle(

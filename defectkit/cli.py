@@ -22,7 +22,7 @@ _DEVICE = typer.Option(None, help="cpu, cuda or cuda:N; default cuda when presen
 _OVERLAYS = typer.Option("all", help="Overlay pictures for: all images (clean ones get an OK stamp), defects (only images with one), none.")
 _OVERLAY_FORMAT = typer.Option("png", help="png, or jpg (about a fifth of the size).")
 
-_ENGINE = typer.Option("local", help="local, or ray: an actor pool on a Ray cluster (pip install 'defectkit[ray]').")
+_ENGINE = typer.Option("local", help="local, or ray: an actor pool on a Ray cluster (pip install 'defectkit\\[ray]').")
 _ADDRESS = typer.Option(None, help="--engine ray: the cluster to join (auto, or ray://host:10001); default a local Ray.")
 _WORKERS = typer.Option(1, help="--engine ray: actors, each with the model loaded once.")
 _CPUS_PER_WORKER = typer.Option(1, help="--engine ray: CPUs per actor (its torch threads).")
@@ -42,12 +42,25 @@ def _check_engine(engine: str) -> None:
         raise DefectkitError(f"--engine must be local or ray, got {engine!r}")
 
 
-def _start_ray(address, workers, cpus_per_worker, gpus_per_worker, proposer) -> None:
+def _start_ray(address, workers, cpus_per_worker, gpus_per_worker, doing: str) -> None:
     from defectkit.distributed import start
 
     start(address)
-    console.print(f"engine: ray, {workers} worker(s) of {cpus_per_worker} CPU and {gpus_per_worker} GPU; proposer {proposer}",
+    console.print(f"engine: ray, {workers} worker(s) of {cpus_per_worker} CPU and {gpus_per_worker} GPU; {doing}",
                   soft_wrap=True, markup=False)
+
+
+def _embed_on(engine, address, workers, cpus_per_worker, gpus_per_worker):
+    """train and evaluate: None (embed here), or the Ray actor pool that embeds the crops."""
+    _check_engine(engine)
+    if engine != "ray":
+        return None
+    import functools
+
+    from defectkit.distributed import RayEmbedder
+
+    _start_ray(address, workers, cpus_per_worker, gpus_per_worker, "embedding the crops there, fitting here")
+    return functools.partial(RayEmbedder, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find and name surface defects on industrial images.")
@@ -216,7 +229,7 @@ def segment(
             _check_proposer(proposer)
             if sam2_checkpoint or sam2_config or annotations:
                 raise DefectkitError("--engine ray takes a proposer by name (with --proposer-model, -O); not --sam2-* or --annotations")
-            _start_ray(address, workers, cpus_per_worker, gpus_per_worker, proposer)
+            _start_ray(address, workers, cpus_per_worker, gpus_per_worker, f"proposer {proposer}")
             report = segment_on_ray(inputs, out, options, progress=not quiet, proposer=proposer, proposer_options=proposer_options,
                                     proposer_model=proposer_model, workers=workers, cpus_per_worker=cpus_per_worker,
                                     gpus_per_worker=gpus_per_worker, device=device)
@@ -411,7 +424,7 @@ def train_proposer(
     encoder: str = typer.Option(_PROPOSER_DEFAULTS.network.encoder, help="Any timm model name."),
     loss: str = typer.Option(_PROPOSER_DEFAULTS.loss, help="dice+bce | dice+focal | tversky"),
     box_fill: str = typer.Option(_PROPOSER_DEFAULTS.box_fill, help="Boxes as weak masks: ellipse (inscribed) or box (filled)."),
-    backbone_weights: Optional[str] = typer.Option(None, help="Start the encoder from a defectkit backbone file (e.g. checkpoints/defectkit-backbone.safetensors); default random."),
+    backbone_weights: Optional[str] = typer.Option(None, help="Start the encoder from a defectkit backbone file (e.g. checkpoints/defectkit-backbone.safetensors), or 'hub': timm's ImageNet weights (online; usually the best start); default random."),
     val_fraction: float = typer.Option(_PROPOSER_DEFAULTS.val_fraction, help="Share of the images held out to stop early and choose the threshold."),
     max_false_per_clean: float = typer.Option(_PROPOSER_DEFAULTS.max_false_per_clean, help="The threshold and minimum area find the most defects with at most this many false regions per defect-free held-out image."),
     seed: int = typer.Option(_PROPOSER_DEFAULTS.seed, help="Seed: split, crops and initial weights."),
@@ -452,7 +465,7 @@ def train_proposer(
 
 @app.command()
 def pretrain(
-    dataset: Path = typer.Argument(..., help="Crop data set (folder with manifest.jsonl) to learn from."),
+    dataset: Path = typer.Argument(..., help="Crop data set (folder with manifest.jsonl) to learn from, or a folder of whole images (unlabelled: random patches of them)."),
     out: Path = typer.Option(..., "--out", "-o", help="Backbone weights to write (.safetensors; a .json goes beside it)."),
     backbone: str = typer.Option("mobilenetv3_small_100", help="Any timm model name."),
     method: str = typer.Option("simclr", help="simclr (no labels) or supcon (uses the subtypes)."),
@@ -463,20 +476,26 @@ def pretrain(
     init: str = typer.Option("random", help="random, hub (timm pretrained weights, needs internet) or a weights file."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine decay)."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same weights."),
+    patch_size: int = typer.Option(96, help="A folder of images: side of the random patches, in the images' own pixels."),
+    patches_per_image: int = typer.Option(8, help="A folder of images: patches cut from each image."),
+    exclude: list[Path] = typer.Option([], help="A folder of images: never sample the images of this crop data set (e.g. a split's test part) or .txt list; repeatable."),
     logdir: Optional[Path] = typer.Option(None, "--log-dir", "--logdir", help="TensorBoard log folder (needs tensorboard)."),
     device: Optional[str] = _DEVICE,
 ):
-    """Contrastively pretrain a timm backbone on defect crops (resumes from OUT.state.pt if present)."""
+    """Contrastively pretrain a timm backbone on defect crops, or on patches of unlabelled images (resumes from OUT.state.pt if present)."""
     from defectkit.jobs.pretrain import PretrainConfig, pretrain as run_pretrain
 
     try:
         config = PretrainConfig(backbone=backbone, method=method, epochs=epochs, batch_size=batch_size,
-                                image_size=image_size, mask_mode=mask_mode, init=init, lr=lr, seed=seed, device=device)
-        summary = run_pretrain(dataset, out, config, logdir=logdir)
+                                image_size=image_size, mask_mode=mask_mode, init=init, lr=lr, seed=seed, device=device,
+                                patch_size=patch_size, patches_per_image=patches_per_image)
+        summary = run_pretrain(dataset, out, config, logdir=logdir, exclude=exclude)
     except DefectkitError as exc:
         _fail(exc)
+    data = summary["data"]
+    seen = f"{data['crops']} patches of {data['images']} images" if data.get("kind") == "image patches" else f"{data['crops']} crops"
     typer.echo(f"{out}: {summary['backbone']} pretrained with {summary['method']} for {summary['epochs']} epochs "
-               f"on {summary['data']['crops']} crops, final loss {summary['final_loss']:.4f}")
+               f"on {seen}, final loss {summary['final_loss']:.4f}")
 
 
 def _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, reject=None, device=None):
@@ -523,10 +542,19 @@ def train(
     cv: int = typer.Option(5, "--cv", help="Folds (grouped by source image) for the printed quality estimate; 0 skips it."),
     proposer_model: Optional[Path] = typer.Option(None, help="A proposer bundle (from train-proposer) for the model to carry; classify then uses it."),
     target_precision: Optional[float] = typer.Option(None, help="Choose, per subtype, the confidence below which classify says 'uncertain', so that the rest reach this precision on the CV's out-of-fold predictions."),
+    unlabelled: Optional[Path] = typer.Option(None, help="Self-training: a folder of unlabelled images; the model's confident predictions on them become more training crops."),
+    rounds: int = typer.Option(2, help="--unlabelled: rounds of pseudo-labelling and retraining."),
+    pseudo_precision: float = typer.Option(0.95, help="--unlabelled: a pseudo-label's class must reach this precision on the labelled crops' out-of-fold predictions, at its confidence."),
+    proposer: str = typer.Option("auto", "--proposer", "-p", help="--unlabelled: the proposer that finds regions on the unlabelled images (auto: the model's learned one if --proposer-model, else classical)."),
     seed: int = _SEED,
     device: Optional[str] = _DEVICE,
     no_cache: bool = _NO_CACHE,
     quiet: bool = _QUIET,
+    engine: str = _ENGINE,
+    address: Optional[str] = _ADDRESS,
+    workers: int = _WORKERS,
+    cpus_per_worker: float = _CPUS_PER_WORKER,
+    gpus_per_worker: float = _GPUS_PER_WORKER,
 ):
     """Train the two-level stacked classifier on labelled crops and save it as a model bundle."""
     from defectkit.taxonomy import Taxonomy
@@ -536,10 +564,28 @@ def train(
     use_one_thread()  # see defectkit.threads: spin-waiting threads slow the fit on busy cores
     try:
         config = _config(backbone, backbone_weights, image_size, mask_mode, bool(texture), no_embedding, pca, seed, reject, device)
-        result = run_train(dataset, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), progress=not quiet, proposer=proposer_model,
-                           target_precision=target_precision, choose_texture=texture is None)
+        if unlabelled is not None:
+            from defectkit.jobs.self_train import SelfTrainOptions, self_train
+
+            if target_precision is not None:
+                raise DefectkitError("--target-precision and --unlabelled together are not supported: the labelled CV "
+                                     "chooses the pseudo-label bars (--pseudo-precision)")
+            _check_proposer(proposer)
+            options = SelfTrainOptions(rounds=rounds, target_precision=pseudo_precision, proposer=proposer)
+            options.validate(cv)
+        embed_on = _embed_on(engine, address, workers, cpus_per_worker, gpus_per_worker)
+        common = dict(progress=not quiet, proposer=proposer_model, choose_texture=texture is None, embed_on=embed_on)
+        if unlabelled is None:
+            result = run_train(dataset, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), target_precision=target_precision, **common)
+        else:
+            result = self_train(dataset, unlabelled, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), options=options, **common)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
+    if selftraining := result.summary.get("self_training"):
+        for done in selftraining["rounds"]:
+            Console().print(f"self-training round {done['round']}: {sum(done['pseudo_labels'].values())} pseudo-labels "
+                            f"({', '.join(f'{k} {v}' for k, v in done['pseudo_labels'].items()) or 'none'}) from "
+                            f"{done['images_with_pseudo_labels']} of {selftraining['unlabelled_images']} unlabelled images", soft_wrap=True)
     if choice := result.summary.get("texture_choice"):
         Console().print(f"texture features: {'with' if choice['texture'] else 'without'} (grouped CV defect macro-F1 "
                         f"{choice['cv_macro_f1']['with']:.4f} with, {choice['cv_macro_f1']['without']:.4f} without; "
@@ -615,6 +661,11 @@ def evaluate(
     device: Optional[str] = _DEVICE,
     no_cache: bool = _NO_CACHE,
     quiet: bool = _QUIET,
+    engine: str = _ENGINE,
+    address: Optional[str] = _ADDRESS,
+    workers: int = _WORKERS,
+    cpus_per_worker: float = _CPUS_PER_WORKER,
+    gpus_per_worker: float = _GPUS_PER_WORKER,
 ):
     """Score a bundle on held-out crops (--model), or cross-validate a fresh classifier (--taxonomy --cv K)."""
     from defectkit.jobs.evaluate import evaluate_bundle, evaluate_cv
@@ -629,11 +680,12 @@ def evaluate(
             raise DefectkitError("give either --model DIR (held-out evaluation) or --taxonomy FILE [--cv K] (cross-validation)")
         if baselines and not cv:
             raise DefectkitError("--baselines needs --cv K")
+        embed_on = _embed_on(engine, address, workers, cpus_per_worker, gpus_per_worker)
         if model is not None:
-            result = evaluate_bundle(dataset, model, _cache(no_cache), progress=not quiet, device=device and _device(device))
+            result = evaluate_bundle(dataset, model, _cache(no_cache), progress=not quiet, device=device and _device(device), embed_on=embed_on)
         else:
             config = _config(backbone, backbone_weights, image_size, mask_mode, texture, no_embedding, pca, seed, device=device)
-            result = evaluate_cv(dataset, Taxonomy.load(taxonomy), config, cv, baselines, _cache(no_cache), not quiet).to_dict()
+            result = evaluate_cv(dataset, Taxonomy.load(taxonomy), config, cv, baselines, _cache(no_cache), not quiet, embed_on).to_dict()
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
     title = f"{result['cv']['k']}-fold CV grouped by source image" if cv else f"{model} on {dataset}"
@@ -766,7 +818,7 @@ def classify(
 
             if sam2_checkpoint or sam2_config or proposer_model:
                 raise DefectkitError("--engine ray takes the proposer the model carries, or one by name; not --sam2-* or --proposer-model")
-            _start_ray(address, workers, cpus_per_worker, gpus_per_worker, proposer)
+            _start_ray(address, workers, cpus_per_worker, gpus_per_worker, f"proposer {proposer}")
             report, rows = classify_on_ray(inputs, out, model, options, progress=not quiet, proposer=proposer,
                                            proposer_options=proposer_options, workers=workers, cpus_per_worker=cpus_per_worker,
                                            gpus_per_worker=gpus_per_worker, device=device, classifier_options=settings)

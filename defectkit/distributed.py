@@ -8,6 +8,9 @@ the whole data set. The images come back with their results in input order (Ray 
 when asked), so the driver's resume and CSV order are those of a local run. An actor that dies is
 restarted and its batch retried (``max_restarts``, ``max_task_retries``): no image is lost, and
 since the driver writes each image once, in order, none is written twice.
+
+``train`` and ``evaluate`` use the same pool for their one heavy step, embedding the crops
+(:class:`RayEmbedder`); the ensemble fit stays on the driver.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import numpy as np
 
 from defectkit.errors import DefectkitError
 
+
 class RemoteError(DefectkitError):
     """An image's failure on an actor, carried back to the driver."""
 
 
 BATCH_IMAGES = 16  # images per Ray batch (a local run's chunk): amortises scheduling and the backbone pass
+EMBED_BATCH = 256  # crops per Ray batch when embedding a crop data set
 
 
 def require_ray():
@@ -95,12 +100,15 @@ class ClassifyActor(_ImageActor):
         from defectkit.pipeline import DefectClassifier
 
         _limit_threads(threads)
+        self.threads = threads
         self.classifier = DefectClassifier.load(model_dir, proposer, proposer_options=proposer_options, device=device, **(classifier_options or {}))
 
     def results(self, paths: list[str]):
         """The batch's images classified together, as a local run does its chunks: one backbone pass
-        and one classifier call for all their regions (read and proposed on this actor's thread)."""
-        for path, image, result in self.classifier.stream(paths, chunk_size=max(1, len(paths)), workers=0):
+        and one classifier call for all their regions. With two CPUs or more, a second thread reads
+        and proposes ahead while this one embeds and classifies, as in a local run."""
+        workers = 1 if self.threads >= 2 else 0
+        for path, image, result in self.classifier.stream(paths, chunk_size=max(1, len(paths)), workers=workers):
             yield path, image, result if isinstance(result, Exception) else result.to_json()
 
 
@@ -123,6 +131,66 @@ class SegmentActor(_ImageActor):
         masks = self.proposer.propose(image, image_path=path)
         defects = polygonize(masks, image, path, self.min_area, self.polygon_tolerance)
         return image_record(path, (image.shape[1], image.shape[0]), defects, proposer=self.description)
+
+
+class EmbedActor:
+    """One per worker: the embedder built once (from the driver's settings), then batches of crop
+    files (``crop_path``, ``mask_path``; "" for none) embedded; the vectors go back with the
+    identity of the backbone that made them."""
+
+    def __init__(self, threads: int = 1, **settings):
+        from defectkit.embed import Embedder
+
+        _limit_threads(threads)
+        self.embedder = Embedder(**settings)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        from defectkit.embed.cache import identity_hash
+
+        records = [{"crop_path": str(c), "mask_path": str(m) or None} for c, m in zip(batch["crop_path"], batch["mask_path"])]
+        vectors = self.embedder.embed_files(records)
+        return {"vector": list(vectors), "identity": [identity_hash(self.embedder.identity)] * len(records)}
+
+
+class RayEmbedder:
+    """``embedder``, with the crops that the cache lacks embedded on a Ray actor pool (``train`` and
+    ``evaluate --engine ray``). The vectors come back to the driver, which fills the same embedding
+    cache a local run fills; the crop files and the backbone's weights file must be at the same
+    path on every machine (a shared file system), and so should the cache to be shared."""
+
+    def __init__(self, embedder, workers: int = 1, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
+                 batch_size: int = EMBED_BATCH):
+        self.embedder = embedder
+        self.workers, self.cpus_per_worker, self.gpus_per_worker, self.batch_size = workers, cpus_per_worker, gpus_per_worker, batch_size
+
+    def embed_records(self, records, cache=None, progress: bool = False) -> np.ndarray:
+        return self.embedder.embed_records(records, cache, progress, embed_files=self.embed_files)
+
+    def embed_files(self, records, progress: bool = False) -> np.ndarray:
+        from tqdm import tqdm
+
+        from defectkit.embed.cache import identity_hash
+
+        ray = require_ray()
+        e = self.embedder
+        settings = {"backbone": e.backbone, "weights": str(e.weights), "image_size": e.image_size, "mask_mode": e.mask_mode,
+                    "seed": e.seed, "batch_size": e.batch_size, "device": "cuda" if self.gpus_per_worker else "cpu"}
+        rows = [{"crop_path": str(Path(r["crop_path"]).resolve()), "mask_path": str(Path(r["mask_path"]).resolve()) if r.get("mask_path") else ""}
+                for r in records]
+        ds = _on_actors(ray.data.from_items(rows), EmbedActor, settings, self.workers, self.cpus_per_worker, self.gpus_per_worker, self.batch_size)
+        expected = identity_hash(e.identity)
+        vectors = []
+        with tqdm(total=len(rows), desc="embed (ray)", unit="crop", disable=not progress) as bar:
+            for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+                if set(batch["identity"]) != {expected}:
+                    raise DefectkitError("the Ray workers' backbone differs from this machine's (another weights file at "
+                                         f"{e.weights}?); every machine needs the same file at the same path")
+                vectors.append(np.stack(batch["vector"]).astype(np.float32))
+                bar.update(len(batch["vector"]))
+        out = np.concatenate([np.zeros((0, e.dim), np.float32), *vectors])
+        if len(out) != len(rows):
+            raise RuntimeError(f"Ray returned {len(out)} vectors for {len(rows)} crops")
+        return out
 
 
 def _on_actors(ds, actor: type, settings: dict, workers: int, cpus_per_worker: float, gpus_per_worker: float, batch_size: int):

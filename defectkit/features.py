@@ -135,15 +135,17 @@ def texture_matrix(records: Sequence[dict], cache=None, progress: bool = False) 
     return np.stack([known[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, len(TEXTURE)), np.float32)
 
 
-def build_features(records: Sequence[dict], spec: FeatureSpec, embedder=None, cache=None, progress: bool = False) -> np.ndarray:
-    """The feature matrix ``[geometry | texture | embedding]`` for manifest records."""
+def build_features(records: Sequence[dict], spec: FeatureSpec, embedder=None, cache=None, progress: bool = False,
+                   embed_on=None) -> np.ndarray:
+    """The feature matrix ``[geometry | texture | embedding]`` for manifest records. ``embed_on``
+    wraps the embedder to embed the crops elsewhere (``distributed.RayEmbedder``)."""
     blocks = [geometry_matrix(records, spec.geometry)]
     if spec.texture:
         blocks.append(texture_matrix(records, cache, progress))
     if spec.embedding:
         if embedder is None:
             raise DefectkitError("the feature spec asks for embeddings but no embedder was given")
-        blocks.append(embedder.embed_records(records, cache, progress))
+        blocks.append((embed_on(embedder) if embed_on else embedder).embed_records(records, cache, progress))
     return np.hstack(blocks).astype(np.float32)
 
 

@@ -30,14 +30,15 @@ def calibration(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> 
     return {"ece": _round(ece), "bins": rows}
 
 
-def precision_thresholds(true, predicted, confidence, target: float, min_support: int = 5) -> dict[str, float | None]:
-    """Per predicted subtype (background aside), the lowest confidence at or above which its
-    predictions reach ``target`` precision: below it a defect is better called uncertain. 0.0 where
-    every prediction already does; None where no threshold reaches it, or fewer than ``min_support``
-    crops were predicted as it (too few to say)."""
+def precision_thresholds(true, predicted, confidence, target: float, min_support: int = 5,
+                         background: bool = False) -> dict[str, float | None]:
+    """Per predicted subtype (background aside, unless ``background``), the lowest confidence at or
+    above which its predictions reach ``target`` precision: below it a defect is better called
+    uncertain. 0.0 where every prediction already does; None where no threshold reaches it, or fewer
+    than ``min_support`` crops were predicted as it (too few to say)."""
     true, predicted, confidence = (np.asarray(a) for a in (true, predicted, confidence))
     out: dict[str, float | None] = {}
-    for subtype in sorted(set(predicted.astype(str)) - {BACKGROUND, UNCERTAIN}):
+    for subtype in sorted(set(predicted.astype(str)) - {UNCERTAIN} - (set() if background else {BACKGROUND})):
         mine = predicted == subtype
         if mine.sum() < min_support:
             out[subtype] = None

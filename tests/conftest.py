@@ -77,3 +77,30 @@ def make_defect_crops(root: Path, per_subtype: int = 12, size: int = 48, seed: i
             records.append({**defect.to_dict(), "origin": "annotation"})
     write_manifest(root / "manifest.jsonl", records)
     return root
+
+
+def inspection_image(kind: str, seed: int):
+    """A textured surface with one dark pore (blowhole) or one thin dark line (crack), and its mask."""
+    rng = np.random.default_rng(seed)
+    image = textured(120, 160, seed=seed)
+    mask = np.zeros((120, 160), np.uint8)
+    cx, cy = int(rng.integers(50, 110)), int(rng.integers(40, 80))
+    if kind == "blowhole":
+        cv2.circle(mask, (cx, cy), int(rng.integers(6, 11)), 255, -1)
+    else:
+        angle = rng.uniform(0, np.pi)
+        dx, dy = int(35 * np.cos(angle)), int(35 * np.sin(angle))
+        cv2.line(mask, (cx - dx, cy - dy), (cx + dx, cy + dy), 255, 2)
+    image[mask > 0] = 60
+    return image, mask
+
+
+def image_set(root, count, seed):
+    for i in range(count):
+        for kind, label in (("blowhole", "MT_Blowhole"), ("crack", "MT_Crack")):
+            image, mask = inspection_image(kind, seed + 2 * i + (kind == "crack"))
+            write(root / label / f"{kind}{seed}_{i}.jpg", image)
+            write(root / label / f"{kind}{seed}_{i}.png", mask)
+    for i in range(count):
+        write(root / "MT_Free" / f"free{seed}_{i}.jpg", textured(120, 160, seed=1000 + seed + i))
+    return root

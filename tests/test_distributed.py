@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'defectkit[ray]'; make test installs it)")
 
 from defectkit.cli import app  # noqa: E402
-from tests.conftest import ROOT, SAMPLE  # noqa: E402
+from tests.conftest import ROOT, SAMPLE, TAXONOMY, make_defect_crops  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts Ray and loads the shipped model in its actors
 MODEL = ROOT / "models" / "magnetic-tile"
@@ -68,6 +68,37 @@ def test_segment_on_ray_writes_the_files_of_a_local_segment_run(local_ray, image
     assert result.exit_code == 1 and "engine: ray, 2 worker(s)" in result.output, result.output
     assert files(tmp_path / "ray") == files(tmp_path / "local")
     assert '"max_proposals": 4' in (tmp_path / "ray" / "exp1_num_108719.json").read_text()  # the -O setting reached the actors
+
+
+def test_train_and_evaluate_on_ray_embed_there_into_the_cache_a_local_run_reads(local_ray, tmp_path):
+    """The crops are embedded on the actors; the vectors equal a local embedding and land in the
+    same cache, so that a local run afterwards embeds nothing."""
+    import numpy as np
+
+    from defectkit.embed import EmbeddingCache, Embedder
+    from defectkit.labelled import load_labelled
+    from defectkit.taxonomy import Taxonomy
+
+    data, heldout = make_defect_crops(tmp_path / "train", per_subtype=4), make_defect_crops(tmp_path / "test", per_subtype=4, seed=1)
+    cache = tmp_path / "cache"
+    env = {"DEFECTKIT_CACHE": str(cache)}
+    backbone = ["--backbone", "resnet10t", "--backbone-weights", "random", "--image-size", "32", "--pca", "8", "-q"]
+    on_ray = ["--engine", "ray", "--workers", "2"]
+    trained = CliRunner().invoke(app, ["train", str(data), "-t", str(TAXONOMY), "-o", str(tmp_path / "model"), "--cv", "0",
+                                       "--no-texture", *backbone, *on_ray], env=env)
+    assert trained.exit_code == 0 and "embedding the crops there" in trained.output, trained.output
+    assert len(list(cache.rglob("shard-*.npz"))) == 1
+    records = load_labelled(data, Taxonomy.load(TAXONOMY)).records
+    embedder = Embedder("resnet10t", "random", image_size=32)
+    assert np.allclose(embedder.embed_records(records, EmbeddingCache(cache)), embedder.embed_files(records), atol=1e-4)
+
+    evaluated = CliRunner().invoke(app, ["evaluate", str(heldout), "-m", str(tmp_path / "model"), "-q", *on_ray], env=env)
+    assert evaluated.exit_code == 0 and "embedding the crops there" in evaluated.output, evaluated.output
+    shards = sorted(cache.rglob("shard-*.npz"))
+    assert len(shards) == 2  # the held-out crops, embedded on Ray too
+    local = CliRunner().invoke(app, ["evaluate", str(heldout), "-t", str(TAXONOMY), "--cv", "2", *backbone], env=env)
+    assert local.exit_code == 0, local.output
+    assert sorted(cache.rglob("shard-*.npz")) == shards  # every crop was found in the cache
 
 
 def actor_pids() -> list[int]:

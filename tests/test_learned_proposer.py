@@ -284,6 +284,43 @@ def test_backbone_weights_initialise_the_encoder(tmp_path):
         init_encoder(build_network(other), other, shipped)
 
 
+def test_hub_weights_initialise_the_encoder_where_the_machine_is_online(monkeypatch):
+    """No download here: timm's hub is stood in for by a model with known weights, and an offline
+    machine gets a clear error."""
+    import timm
+    import torch
+
+    from defectkit.segmenter.config import NetworkSpec
+    from defectkit.segmenter.network import build_network, init_encoder
+
+    real_create = timm.create_model
+    asked = []
+
+    def hub(name, pretrained=False, **kwargs):
+        asked.append((name, pretrained))
+        model = real_create(name, pretrained=False, **kwargs)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(0.125)  # "downloaded" weights
+        return model
+
+    spec = NetworkSpec()
+    network = build_network(spec)
+    monkeypatch.setattr(timm, "create_model", hub)
+    init_encoder(network, spec, "hub")
+    assert asked == [(spec.encoder, True)]
+    first = next(k for k, v in network.encoder.model.state_dict().items() if k.endswith("weight"))
+    assert torch.all(network.encoder.model.state_dict()[first] == 0.125)
+
+    def offline(name, pretrained=False, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    fresh = build_network(spec)
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(DefectkitError, match="without internet pass a weights file"):
+        init_encoder(fresh, spec, "hub")
+
+
 def test_resume_continues_where_a_run_stopped(tmp_path, taxonomy_file, config, monkeypatch):
     import defectkit.segmenter.train as training
     from defectkit.segmenter.data import load_seg_data, split_seg_data

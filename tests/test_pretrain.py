@@ -66,6 +66,43 @@ def test_an_interrupted_run_resumes_to_the_same_weights(crops, tmp_path, monkeyp
         pretrain(crops, out, PretrainConfig(method="simclr", **TINY), progress=False)
 
 
+def test_pretrain_on_a_folder_of_images_never_samples_the_held_out_ones(tmp_path, monkeypatch):
+    """Whole unlabelled images (masks beside them are not images), patches at their own resolution;
+    the images of an excluded crop data set (a split's test part) are never read."""
+    from defectkit.data.manifest import write_manifest
+    from defectkit.data.patches import sample_patches
+    from tests.conftest import textured, write
+
+    folder = tmp_path / "line"
+    for i in range(6):
+        image = textured(100, 140, seed=i)
+        image[:, :, :] = np.clip(image.astype(int) + 10 * i, 0, 255).astype(np.uint8)  # each image its own brightness
+        write(folder / f"part{i}.jpg", image)
+        write(folder / f"part{i}.png", np.zeros((100, 140), np.uint8))  # a mask beside it
+    write(folder / "small.jpg", textured(20, 30, seed=9))  # smaller than a patch: scaled up
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    held_out = [{"image": str(folder / f"part{i}.jpg"), "crop_path": f"c{i}.png", "subtype": "blowhole"} for i in (4, 5)]
+    write_manifest(tmp_path / "test" / "manifest.jsonl", held_out)
+
+    out = tmp_path / "line.safetensors"
+    config = PretrainConfig(**{**TINY, "batch_size": 8}, patch_size=48, patches_per_image=3)
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        summary = pretrain(folder, out, config, progress=False, exclude=[tmp_path / "test"])
+    assert summary["data"] == {"dataset": str(folder), "kind": "image patches", "crops": 15, "images": 5, "excluded_images": 2,
+                               "patch_size": 48}
+    assert Embedder(weights=out).backbone == "resnet10t"
+    import defectkit.data.patches as patches
+
+    read, real_read = [], patches.read_image
+    monkeypatch.setattr(patches, "read_image", lambda path: read.append(path.name) or real_read(path))
+    with pytest.warns(UserWarning):
+        found, sources = sample_patches(patches.image_files(folder, patches.held_out_images([tmp_path / "test"])), 48, 3)
+    assert sorted(set(read)) == ["broken.jpg", "part0.jpg", "part1.jpg", "part2.jpg", "part3.jpg", "small.jpg"]
+    assert all(p.shape == (48, 48, 3) for p in found) and {s.name for s in sources} == set(read) - {"broken.jpg"}
+    with pytest.raises(DefectkitError, match="--method simclr"):
+        pretrain(folder, out, PretrainConfig(**{**TINY, "method": "supcon"}), progress=False)
+
+
 def test_augment_keeps_crop_and_mask_aligned():
     crop = np.zeros((48, 48, 3), np.uint8)
     mask = np.zeros((48, 48), bool)
@@ -96,5 +133,6 @@ def test_cli_defaults_match_the_config():
 
     defaults = {name: p.default.default for name, p in inspect.signature(command).parameters.items() if hasattr(p.default, "default")}
     config = PretrainConfig()
-    for name in ("backbone", "method", "epochs", "batch_size", "image_size", "mask_mode", "init", "lr", "seed"):
+    for name in ("backbone", "method", "epochs", "batch_size", "image_size", "mask_mode", "init", "lr", "seed", "patch_size",
+                 "patches_per_image"):
         assert defaults[name] == getattr(config, name), name

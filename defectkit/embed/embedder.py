@@ -57,6 +57,7 @@ class Embedder:
             raise DefectkitError(f"image_size must be at least 16 px, got {self.image_size}")
         self.batch_size = int(batch_size)
         self.device = pick_device(device)
+        self.weights, self.seed = resolve_weights(weights), seed  # what a worker needs to build the same embedder
         self.model, self.source = build_backbone(self.backbone, weights, seed)
         self.model.to(self.device)
         config = resolve_data_config(model=self.model)
@@ -125,25 +126,32 @@ class Embedder:
         records: Sequence[dict],
         cache: EmbeddingCache | None = None,
         progress: bool = False,
+        embed_files=None,
     ) -> np.ndarray:
-        """Embed the crops of manifest records (``crop_path``, optional ``mask_path``), using the cache."""
+        """Embed the crops of manifest records (``crop_path``, optional ``mask_path``), using the cache.
+        ``embed_files(records, progress)``: what embeds the records the cache lacks (default
+        :meth:`embed_files`, here; the Ray engine runs them on its actors)."""
         keys = [content_key(r["crop_path"], r.get("mask_path")) for r in records]
         known = cache.load(self.identity) if cache is not None else {}
         todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.items(), key=lambda item: item[1])
-        chunks = [todo[start : start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
-
-        def load(chunk: list[tuple[str, int]]) -> np.ndarray:
-            crops = [read_image(records[i]["crop_path"]) for _, i in chunk]
-            masks = [read_mask(records[i]["mask_path"]) if records[i].get("mask_path") and self.mask_mode != "none" else None
-                     for _, i in chunk]  # mask_mode "none" does not look at masks: do not decode them
-            bar.update(len(chunk))
-            return self._batch(crops, masks)
-
-        with tqdm(total=len(todo), desc="embed", unit="crop", disable=not progress or not todo) as bar:
-            vectors = self._embed_batches(load, chunks)
-        new_keys = [k for k, _ in todo]
-        if new_keys:
+        if todo:
+            vectors = (embed_files or self.embed_files)([records[i] for _, i in todo], progress)
+            new_keys = [k for k, _ in todo]
             known.update(zip(new_keys, vectors))
             if cache is not None:
                 cache.save(self.identity, new_keys, vectors)
         return np.stack([known[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, self.dim), np.float32)
+
+    def embed_files(self, records: Sequence[dict], progress: bool = False) -> np.ndarray:
+        """The vectors of the records' crop files (and masks), in order, no cache."""
+        chunks = [records[start : start + self.batch_size] for start in range(0, len(records), self.batch_size)]
+
+        def load(chunk: Sequence[dict]) -> np.ndarray:
+            crops = [read_image(r["crop_path"]) for r in chunk]
+            masks = [read_mask(r["mask_path"]) if r.get("mask_path") and self.mask_mode != "none" else None
+                     for r in chunk]  # mask_mode "none" does not look at masks: do not decode them
+            bar.update(len(chunk))
+            return self._batch(crops, masks)
+
+        with tqdm(total=len(records), desc="embed", unit="crop", disable=not progress or not records) as bar:
+            return self._embed_batches(load, chunks)

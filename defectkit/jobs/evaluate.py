@@ -135,26 +135,29 @@ def evaluate_cv(
     baselines: bool = False,
     cache=None,
     progress: bool = True,
+    embed_on=None,
 ) -> CVResult:
-    """``defectkit evaluate DATASET --taxonomy FILE --cv K``: features once, then grouped K-fold CV."""
+    """``defectkit evaluate DATASET --taxonomy FILE --cv K``: features once, then grouped K-fold CV.
+    ``embed_on``: as :func:`defectkit.jobs.train.train`'s."""
     crops = load_labelled(dataset, taxonomy)
     check_trainable(crops)
     spec = config.feature_spec()
-    X = build_features(crops.records, spec, config.embedder(), cache, progress)
+    X = build_features(crops.records, spec, config.embedder(), cache, progress, embed_on)
     with parallel_folds():
         result = cross_validate(X, crops, taxonomy, config, spec, k, baselines, progress)
     result.crops = crops
     return result
 
 
-def evaluate_bundle(dataset: str | Path, model_dir: str | Path, cache=None, progress: bool = True, device: str | None = None) -> dict:
+def evaluate_bundle(dataset: str | Path, model_dir: str | Path, cache=None, progress: bool = True, device: str | None = None,
+                    embed_on=None) -> dict:
     """``defectkit evaluate DATASET --model DIR``: a trained bundle on a held-out crop data set."""
     from defectkit.bundle import load_bundle
 
     bundle = load_bundle(model_dir)
     bundle.embedder(device)
     crops = load_labelled(dataset, bundle.taxonomy)
-    X = bundle.features(crops.records, cache, progress)
+    X = bundle.features(crops.records, cache, progress, embed_on)
     category, subtype, confidence, *_ = decide(bundle.model, X)
     out = report(bundle.taxonomy, crops.subtypes, subtype, category, confidence)
     out["model"] = str(model_dir)

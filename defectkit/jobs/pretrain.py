@@ -1,4 +1,6 @@
 """Contrastive pretraining of a timm backbone on defect crops: SimCLR (no labels) or SupCon (subtypes).
+Given a folder of whole images instead of a crop data set, it learns (SimCLR) from random patches of
+them at their own resolution (:mod:`defectkit.data.patches`): a line's unlabelled archive.
 
 The backbone learns from two augmented views of every crop (NT-Xent or supervised contrastive loss
 from pytorch-metric-learning, through a small projection head). Only the backbone is saved, as
@@ -14,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -22,7 +25,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from defectkit.data.manifest import read_manifest
+from defectkit.data.manifest import MANIFEST, read_manifest
+from defectkit.data.patches import held_out_images, image_files, sample_patches
 from defectkit.embed import DEFAULT_BACKBONE, Embedder
 from defectkit.errors import DefectkitError
 from defectkit.images import atomic_write_text, read_image, read_mask
@@ -49,6 +53,8 @@ class PretrainConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.1
     projection_dim: int = 128
+    patch_size: int = 96  # a folder of whole images: side of the random patches, in the images' own pixels
+    patches_per_image: int = 8
     seed: int = 0
     device: str | None = None
 
@@ -126,8 +132,11 @@ def pretrain(
     config: PretrainConfig = PretrainConfig(),
     logdir: str | Path | None = None,
     progress: bool = True,
+    exclude: Iterable[str | Path] = (),
 ) -> dict:
-    """Pretrain a backbone on the crops of ``dataset`` and save it to ``out`` (.safetensors) + ``out``.json.
+    """Pretrain a backbone on the crops of ``dataset`` (a crop data set), or on random patches of the
+    images in ``dataset`` (a folder of images) less those in ``exclude``, and save it to ``out``
+    (.safetensors) + ``out``.json.
 
     Resumes from ``out``.state.pt when it exists (written after every epoch). Returns the JSON summary.
     """
@@ -136,7 +145,14 @@ def pretrain(
     out = Path(out)
     if out.suffix != ".safetensors":
         raise DefectkitError(f"--out must end in .safetensors, got {out}")
-    records, crops, masks, labels = _read_crops(dataset, config)
+    if is_crop_dataset(dataset):
+        if exclude:
+            raise DefectkitError("--exclude is for a folder of images; a crop data set is taken as it is (split it first)")
+        records, crops, masks, labels = _read_crops(dataset, config)
+        data = {"dataset": str(dataset), "crops": len(records), "images": len({r["image"] for r in records}),
+                "subtypes": dict(sorted(Counter(r["subtype"] for r in records).items()))}
+    else:
+        crops, masks, labels, data = _read_patches(dataset, config, exclude)
 
     _seed_everything(config.seed)
     weights = {"random": "random", "hub": "hub"}.get(config.init, config.init)
@@ -180,8 +196,7 @@ def pretrain(
         "final_loss": history[-1] if history else None,
         "loss_history": history,
         "config": asdict(config),
-        "data": {"dataset": str(dataset), "crops": len(records), "images": len({r["image"] for r in records}),
-                 "subtypes": dict(sorted(Counter(r["subtype"] for r in records).items()))},
+        "data": data,
         "seconds_this_run": round(time.perf_counter() - started, 1),
     }
     atomic_write_text(out.with_suffix(".json"), json.dumps(summary, indent=2))
@@ -203,6 +218,32 @@ def _read_crops(dataset, config: PretrainConfig) -> tuple[list[dict], list[np.nd
     crops = [read_image(r["crop_path"]) for r in records]
     masks = [read_mask(r["mask_path"]) if r.get("mask_path") else np.ones(c.shape[:2], bool) for r, c in zip(records, crops)]
     return records, crops, masks, labels
+
+
+def is_crop_dataset(dataset: str | Path) -> bool:
+    path = Path(dataset)
+    return path.name == MANIFEST or (path / MANIFEST).is_file()
+
+
+def _read_patches(folder, config: PretrainConfig, exclude: Iterable[str | Path]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, dict]:
+    """Random patches of the images in ``folder`` (not those of ``exclude``): crops, full masks,
+    no labels, and what was read."""
+    if not Path(folder).is_dir():
+        raise DefectkitError(f"{folder}: neither a crop data set (with {MANIFEST}) nor a folder of images")
+    if config.method != "simclr":
+        raise DefectkitError("a folder of images has no labels: pretrain it with --method simclr")
+    left_out = held_out_images(exclude)
+    images = image_files(folder, left_out)
+    if not images:
+        raise DefectkitError(f"{folder}: no images to pretrain on" + (f" ({len(left_out)} excluded)" if left_out else ""))
+    patches, sources = sample_patches(images, config.patch_size, config.patches_per_image, config.seed)
+    if len(patches) < config.batch_size:
+        raise DefectkitError(f"{folder}: {len(patches)} patches from {len(set(sources))} images, fewer than one batch of "
+                             f"{config.batch_size}; raise --patches-per-image or add images")
+    masks = [np.ones(p.shape[:2], bool) for p in patches]  # no regions: the whole patch
+    data = {"dataset": str(folder), "kind": "image patches", "crops": len(patches), "images": len(set(sources)),
+            "excluded_images": len(left_out), "patch_size": config.patch_size}
+    return patches, masks, np.zeros(len(patches), int), data
 
 
 def _resume(state_path: Path, config: PretrainConfig, parts: dict, device) -> tuple[int, list[float]]:

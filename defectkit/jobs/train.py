@@ -44,6 +44,7 @@ def train(
     record: dict | None = None,
     target_precision: float | None = None,
     choose_texture: bool = False,
+    embed_on=None,
 ) -> TrainResult:
     """Embed the crops, estimate quality by grouped ``cv``-fold CV (0: skip), fit on all crops, save.
     ``timings`` adds the seconds of ``features`` (backbone built, crops embedded or taken from the
@@ -53,7 +54,8 @@ def train(
     ``target_precision``: per subtype, the confidence below which a defect is reported ``uncertain``
     is chosen on the CV's out-of-fold predictions so that the rest reach this precision (needs ``cv``).
     ``choose_texture``: the grouped CV runs with and without the texture features and the better one
-    (defect-subtype macro-F1) is trained; the bundle records both scores (without ``cv``, no texture)."""
+    (defect-subtype macro-F1) is trained; the bundle records both scores (without ``cv``, no texture).
+    ``embed_on``: wraps the embedder to embed the crops elsewhere (``distributed.RayEmbedder``)."""
     if target_precision is not None and not (cv and 0 < target_precision < 1):
         raise DefectkitError(f"--target-precision needs --cv K and a value between 0 and 1, got {target_precision} with --cv {cv}")
     start = time.perf_counter()
@@ -65,7 +67,7 @@ def train(
         check_trainable(crops)
         spec = config.feature_spec()
         embedder = config.embedder()
-        X = build_features(crops.records, spec, embedder, cache, progress)
+        X = build_features(crops.records, spec, embedder, cache, progress, embed_on)
     with parallel_folds(jobs):
         with stage(timings, "cv"):
             if choose_texture and cv:

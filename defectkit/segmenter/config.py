@@ -60,7 +60,7 @@ class TrainProposerConfig:
     overlap: int = 64
     min_area: int = 10
     max_false_per_clean: float = 0.4  # post-processing: most recall with at most this many false regions per clean image
-    backbone_weights: str | None = None  # a defectkit backbone file for the encoder; None: random
+    backbone_weights: str | None = None  # a defectkit backbone file for the encoder, or "hub" (timm, online); None: random
     seed: int = 0
 
     def validate(self) -> None:

@@ -34,8 +34,20 @@ def build_network(spec: NetworkSpec) -> torch.nn.Module:
         raise DefectkitError(f"cannot build a {spec.architecture} over timm encoder {spec.encoder!r}: {exc}") from exc
 
 
+def hub_weights(encoder: str) -> dict:
+    """timm's pretrained (ImageNet) weights of ``encoder``, downloaded from the hub (online machines)."""
+    import timm
+
+    try:
+        return timm.create_model(encoder, pretrained=True).state_dict()
+    except Exception as exc:  # no network, no such weights, a hub error: each raises its own type
+        raise DefectkitError(f"cannot get timm's pretrained weights for encoder {encoder!r} ({type(exc).__name__}: {exc}); "
+                             "on a machine without internet pass a weights file to --backbone-weights") from exc
+
+
 def init_encoder(network: torch.nn.Module, spec: NetworkSpec, weights: str | Path) -> None:
-    """Start the encoder from a defectkit backbone file (a timm model of the same name). smp's timm
+    """Start the encoder from timm's pretrained weights (``"hub"``, online) or a defectkit backbone
+    file (a timm model of the same name). smp's timm
     encoder is a features-only copy of that model: every one of its weights must be in the file; the
     file's head and last stage, which a features-only model lacks, are left out."""
     from defectkit.embed.backbone import read_weights
@@ -44,7 +56,7 @@ def init_encoder(network: torch.nn.Module, spec: NetworkSpec, weights: str | Pat
     model = getattr(network.encoder, "model", None)
     if model is None:
         raise DefectkitError(f"the {spec.architecture} encoder is not a timm model; it cannot start from {weights}")
-    state = read_weights(Path(weights), spec.encoder)
+    state = hub_weights(spec.encoder) if str(weights) == "hub" else read_weights(Path(weights), spec.encoder)
     expected = model.state_dict()
     problems = mismatch({k: v for k, v in state.items() if k in expected}, expected)
     if problems:

@@ -63,7 +63,10 @@ def _limit_threads(threads: int) -> None:
 class _ImageActor:
     """Batches of image paths in, one row per image out: ``path``, ``record`` (the per-image JSON a
     local run writes, as text; empty on error), ``error`` (JSON with type and message; empty when
-    fine) and ``image`` (the decoded RGB image, for overlays)."""
+    fine) and, where asked for (``images``), ``image`` (the decoded RGB image, for overlays).
+    Without it a row is a few kilobytes of text: no pixels go through Ray's object store."""
+
+    images = True
 
     def results(self, paths: list[str]) -> Iterator[tuple[str, np.ndarray | None, dict | Exception]]:
         """``(path, image, record or the exception that stopped it)`` for each path, in order."""
@@ -82,13 +85,14 @@ class _ImageActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from defectkit.export import dumps
 
-        out: dict[str, list] = {"path": [], "record": [], "error": [], "image": []}
+        out: dict[str, list] = {"path": [], "record": [], "error": [], **({"image": []} if self.images else {})}
         for path, image, result in self.results([str(p) for p in batch["path"]]):
             failed = isinstance(result, Exception)
             out["path"].append(str(path))
             out["record"].append("" if failed else dumps(result))
             out["error"].append(json.dumps({"type": type(result).__name__, "message": str(result)}) if failed else "")
-            out["image"].append(np.zeros((0, 0, 3), np.uint8) if failed else image)
+            if self.images:
+                out["image"].append(np.zeros((0, 0, 3), np.uint8) if failed else image)
         return out
 
 
@@ -96,19 +100,19 @@ class ClassifyActor(_ImageActor):
     """One per worker: the classifier loaded once, then batches of image paths classified."""
 
     def __init__(self, model_dir: str, proposer: str = "auto", proposer_options: dict | None = None, threads: int = 1,
-                 device: str | None = None, classifier_options: dict | None = None):
+                 device: str | None = None, classifier_options: dict | None = None, images: bool = True):
         from defectkit.pipeline import DefectClassifier
 
+        self.images = images
+
         _limit_threads(threads)
-        self.threads = threads
         self.classifier = DefectClassifier.load(model_dir, proposer, proposer_options=proposer_options, device=device, **(classifier_options or {}))
 
     def results(self, paths: list[str]):
         """The batch's images classified together, as a local run does its chunks: one backbone pass
-        and one classifier call for all their regions. With two CPUs or more, a second thread reads
-        and proposes ahead while this one embeds and classifies, as in a local run."""
-        workers = 1 if self.threads >= 2 else 0
-        for path, image, result in self.classifier.stream(paths, chunk_size=max(1, len(paths)), workers=workers):
+        and one classifier call for all their regions, read and proposed on this actor's thread (a
+        second thread proposing ahead, as a local run has, measured slower: benchmarks/ray_speed.py)."""
+        for path, image, result in self.classifier.stream(paths, chunk_size=max(1, len(paths)), workers=0):
             yield path, image, result if isinstance(result, Exception) else result.to_json()
 
 
@@ -116,8 +120,10 @@ class SegmentActor(_ImageActor):
     """One per worker: the proposer built once, then batches of image paths segmented."""
 
     def __init__(self, proposer: str = "auto", proposer_options: dict | None = None, threads: int = 1, device: str | None = None,
-                 proposer_model: str | None = None, min_area: int = 10, polygon_tolerance: float = 1.0):
+                 proposer_model: str | None = None, min_area: int = 10, polygon_tolerance: float = 1.0, images: bool = True):
         from defectkit.propose import build_proposer
+
+        self.images = images
 
         _limit_threads(threads)
         self.proposer = build_proposer(proposer, options=proposer_options, proposer_model=proposer_model, device=device)
@@ -210,34 +216,38 @@ def _on_actors(ds, actor: type, settings: dict, workers: int, cpus_per_worker: f
 
 def classify_dataset(ds, model_dir: str | Path, proposer: str = "auto", proposer_options: dict | None = None, workers: int = 1,
                      cpus_per_worker: float = 1, gpus_per_worker: float = 0, device: str | None = None,
-                     classifier_options: dict | None = None, batch_size: int = BATCH_IMAGES):
+                     classifier_options: dict | None = None, batch_size: int = BATCH_IMAGES, images: bool = True):
     """A Ray Dataset of image paths (column ``path``) -> one of results (see ``_ImageActor``):
-    chain it with any Ray pipeline (``write_parquet`` and so on)."""
+    chain it with any Ray pipeline (``write_parquet`` and so on). ``images=False`` leaves out the
+    decoded images (much less to move; read them where they are needed)."""
     settings = {"model_dir": str(model_dir), "proposer": proposer, "proposer_options": proposer_options, "device": device,
-                "classifier_options": classifier_options}
+                "classifier_options": classifier_options, "images": images}
     return _on_actors(ds, ClassifyActor, settings, workers, cpus_per_worker, gpus_per_worker, batch_size)
 
 
 def segment_dataset(ds, proposer: str = "auto", proposer_options: dict | None = None, workers: int = 1, cpus_per_worker: float = 1,
                     gpus_per_worker: float = 0, device: str | None = None, proposer_model: str | None = None, min_area: int = 10,
-                    polygon_tolerance: float = 1.0, batch_size: int = BATCH_IMAGES):
+                    polygon_tolerance: float = 1.0, batch_size: int = BATCH_IMAGES, images: bool = True):
     """As :func:`classify_dataset`, the regions proposed and polygonized, unclassified (``segment``)."""
     settings = {"proposer": proposer, "proposer_options": proposer_options, "device": device, "proposer_model": proposer_model,
-                "min_area": min_area, "polygon_tolerance": polygon_tolerance}
+                "min_area": min_area, "polygon_tolerance": polygon_tolerance, "images": images}
     return _on_actors(ds, SegmentActor, settings, workers, cpus_per_worker, gpus_per_worker, batch_size)
 
 
 def ray_outcomes(dataset=classify_dataset, *args, **settings):
     """The ``outcomes`` of a batch run (see ``jobs.batch.run_batch``), computed on Ray by
-    ``dataset`` (:func:`classify_dataset` or :func:`segment_dataset`) with ``args`` and ``settings``."""
+    ``dataset`` (:func:`classify_dataset` or :func:`segment_dataset`) with ``args`` and ``settings``.
+    The images come back as paths only and are read again here for the overlays: decoding a file
+    costs less than moving its pixels through Ray."""
     from defectkit.defect import defects_from_record
+    from defectkit.images import read_image
 
     def outcomes(paths: Iterable[Path]) -> Iterator[tuple]:
         paths = list(paths)
         if not paths:
             return
         ray = require_ray()
-        ds = dataset(ray.data.from_items([{"path": str(p)} for p in paths]), *args, **settings)
+        ds = dataset(ray.data.from_items([{"path": str(p)} for p in paths]), *args, images=False, **settings)
         for expected, row in zip(paths, ds.iter_rows()):
             if row["path"] != str(expected):
                 raise RuntimeError(f"Ray returned {row['path']} where {expected} was due: results out of order")
@@ -247,6 +257,6 @@ def ray_outcomes(dataset=classify_dataset, *args, **settings):
                 yield expected, None, type(error["type"], (RemoteError,), {})(error["message"])
                 continue
             record = json.loads(row["record"])
-            yield expected, np.asarray(row["image"], dtype=np.uint8), (record, defects_from_record(record))
+            yield expected, read_image(expected), (record, defects_from_record(record))
 
     return outcomes

@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=0, help="use this many source images per data set (0: all)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/defectkit-bench/materials"))
     parser.add_argument("--train-default", action="store_true",
-                        help="only time `train` with its defaults (texture chosen by grouped CV) against `train --no-texture`")
+                        help="only time `train` with its defaults (feature set chosen by grouped CV) against `train --no-texture`")
     args = parser.parse_args()
     use_one_thread()
     for name in args.dataset or list(DATASETS):
@@ -144,13 +144,13 @@ def default_train_cost(name: str, crops: Path, taxonomy: Taxonomy, args) -> None
     build_features(load_labelled(crops, taxonomy).records, ClassifierConfig().feature_spec(), ClassifierConfig().embedder(), cache,
                    progress=True)
     timed = {}
-    for label, choose in (("train --no-texture", False), ("train (default: texture chosen)", True)):
+    for label, choose in (("train --no-texture", False), ("train (default: feature set chosen)", True)):
         result = train(crops, taxonomy, args.work / f"{name}-model-{int(choose)}", ClassifierConfig(), args.cv, cache, progress=False,
-                       choose_texture=choose)
+                       choose_features=choose)
         timed[label] = result.seconds
-        choice = result.summary.get("texture_choice")
-        said = (f"; chose {'with' if choice['texture'] else 'without'} texture (CV macro-F1 {choice['cv_macro_f1']['with']:.3f} with, "
-                f"{choice['cv_macro_f1']['without']:.3f} without), the choice {choice['seconds']:.0f} s") if choice else ""
+        choice = result.summary.get("feature_choice")
+        said = (f"; chose {choice['chosen']} (CV macro-F1 " + ", ".join(f"{k} {v:.3f}" for k, v in choice["cv_macro_f1"].items())
+                + f"), the choice {choice['seconds']:.0f} s") if choice else ""
         print(f"{name}: {label}: {result.seconds:.0f} s{said}", flush=True)
     first, second = timed.values()
     print(f"{name}: the default costs {second - first:+.0f} s ({second / first:.1f}x) over train --no-texture, cached embeddings", flush=True)

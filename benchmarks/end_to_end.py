@@ -28,7 +28,6 @@ import numpy as np
 
 from defectkit.classifier import ClassifierConfig
 from defectkit.data.manifest import read_manifest, write_manifest
-from defectkit.data.split import split_records
 from defectkit.defect import Defect
 from defectkit.export import defect_mask
 from defectkit.jobs.extract import ExtractOptions, extract
@@ -38,6 +37,8 @@ from defectkit.jobs.pretrain import PretrainConfig, pretrain
 from defectkit.propose import create_proposer
 from defectkit.taxonomy import BACKGROUND, Taxonomy
 from defectkit.jobs.train import train
+
+from proposers import CLASSES, learned_model, split  # noqa: E402 (a sibling benchmark: the same split, the same learned proposer)
 
 ROOT = Path(__file__).resolve().parents[1]
 IOU = 0.3
@@ -89,18 +90,11 @@ def score(classifier: DefectClassifier, images: dict[str, list[dict]], subtypes:
     }
 
 
-def learned_proposer(src: Path, train_images: set[str], seed: int, work: Path) -> Path:
-    """The learned proposer of this seed's training part: benchmarks/proposers.py's, trained here if missing."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from proposers import CLASSES, learned_model, split
-
+def split_images(src: Path, seed: int) -> tuple[dict, set[str]]:
+    """benchmarks/proposers.py's split (by image, per class), so that the learned proposer it trains
+    for this seed saw only this training part: its parts and the training part's image paths."""
     parts = split(src, seed)
-    trained_on = {str(p) for cls in CLASSES for p in parts[cls]["train"]}
-    if not trained_on <= train_images | {str(p) for p in parts["Free"]["train"]}:
-        raise SystemExit("the proposers benchmark's training part differs from this split's; they must match")
-    return learned_model(src, parts, seed, work, retrain=False)
+    return parts, {str(p) for cls in CLASSES for p in parts[cls]["train"]}
 
 
 def main() -> None:
@@ -122,8 +116,9 @@ def main() -> None:
     plain = work / "crops"
     extract(args.src, plain, taxonomy, ExtractOptions(), progress=False)
     records = read_manifest(plain)
-    train_part, test_part = split_records(records, 0.3, args.seed)
-    train_images = {r["image"] for r in train_part}
+    parts, train_images = split_images(args.src, args.seed)
+    train_part = [r for r in records if r["image"] in train_images]
+    test_part = [r for r in records if r["image"] not in train_images]
     test_images: dict[str, list[dict]] = defaultdict(list)
     for r in test_part:
         test_images[r["image"]] += [r] if r["category"] != BACKGROUND else []
@@ -143,7 +138,7 @@ def main() -> None:
         return rows
 
     with_classical = with_negatives("train-negatives", "classical")
-    learned = learned_proposer(args.src, train_images, args.seed, args.proposer_work)
+    learned = learned_model(args.src, parts, args.seed, args.proposer_work, retrain=False, changes={})
     with_learned = with_negatives("train-learned-negatives", "learned", learned)
     with_union = with_negatives("train-union-negatives", "union", learned)
 
@@ -172,14 +167,14 @@ def main() -> None:
           + ", ".join(f"{sum(r['origin'] == 'negative' for r in rows)} {name}"
                       for name, rows in (("classical", with_classical), ("learned", with_learned), ("learned+classical", with_union))))
     print(f"matching: IoU >= {IOU}; backbone: {args.backbone} ({config.weights})")
-    header = f"{'':<28}" + "".join(f"{name:>28}" for name in results)
+    header = f"{'':<28}" + "".join(f"{name:>36}" for name in results)
     print(header)
     for s in next(iter(results.values()))["per_class"]:
-        cells = "".join(f"{'P %.2f R %.2f F1 %.2f' % r['per_class'][s][:3]:>28}" for r in results.values())
+        cells = "".join(f"{'P %.2f R %.2f F1 %.2f' % r['per_class'][s][:3]:>36}" for r in results.values())
         print(f"{s + ' (n=%d)' % next(iter(results.values()))['per_class'][s][3]:<28}{cells}")
     for key, label in (("macro_f1", "subtype macro-F1"), ("image_accuracy", "image-level accuracy"),
                        ("fp_per_free_image", "false positives / free image"), ("images_per_second", "images / s")):
-        print(f"{label:<28}" + "".join(f"{r[key]:>28.2f}" for r in results.values()))
+        print(f"{label:<28}" + "".join(f"{r[key]:>36.2f}" for r in results.values()))
     print(f"wall time {time.perf_counter() - started:.0f} s")
 
 

@@ -535,7 +535,7 @@ def train(
     backbone_weights: Optional[str] = _WEIGHTS,
     image_size: Optional[int] = _IMAGE_SIZE,
     mask_mode: Optional[str] = _MASK_MODE,
-    texture: Optional[bool] = typer.Option(None, "--texture/--no-texture", help="Add LBP, GLCM and HOG texture features, or not; default: whichever scores better in the grouped CV (needs --cv)."),
+    texture: Optional[bool] = typer.Option(None, "--texture/--no-texture", help="Add LBP, GLCM and HOG texture features, or not (the embedding then as --no-embedding says); default: the grouped CV chooses texture, embedding or both (needs --cv)."),
     no_embedding: bool = _NO_EMBEDDING,
     pca: int = _PCA,
     reject: Optional[float] = typer.Option(None, "--min-confidence", "--reject", help="Report a defect as 'uncertain' when its subtype probability is below this (stored in the bundle; classify --min-confidence overrides it)."),
@@ -545,6 +545,7 @@ def train(
     unlabelled: Optional[Path] = typer.Option(None, help="Self-training: a folder of unlabelled images; the model's confident predictions on them become more training crops."),
     rounds: int = typer.Option(2, help="--unlabelled: rounds of pseudo-labelling and retraining."),
     pseudo_precision: float = typer.Option(0.95, help="--unlabelled: a pseudo-label's class must reach this precision on the labelled crops' out-of-fold predictions, at its confidence."),
+    pseudo_per_labelled: float = typer.Option(1.0, help="--unlabelled: at most this many pseudo-labels of a class per labelled crop of it, the most confident (keeps the classes' balance)."),
     proposer: str = typer.Option("auto", "--proposer", "-p", help="--unlabelled: the proposer that finds regions on the unlabelled images (auto: the model's learned one if --proposer-model, else classical)."),
     seed: int = _SEED,
     device: Optional[str] = _DEVICE,
@@ -571,10 +572,10 @@ def train(
                 raise DefectkitError("--target-precision and --unlabelled together are not supported: the labelled CV "
                                      "chooses the pseudo-label bars (--pseudo-precision)")
             _check_proposer(proposer)
-            options = SelfTrainOptions(rounds=rounds, target_precision=pseudo_precision, proposer=proposer)
+            options = SelfTrainOptions(rounds=rounds, target_precision=pseudo_precision, per_labelled=pseudo_per_labelled, proposer=proposer)
             options.validate(cv)
         embed_on = _embed_on(engine, address, workers, cpus_per_worker, gpus_per_worker)
-        common = dict(progress=not quiet, proposer=proposer_model, choose_texture=texture is None, embed_on=embed_on)
+        common = dict(progress=not quiet, proposer=proposer_model, choose_features=texture is None, embed_on=embed_on)
         if unlabelled is None:
             result = run_train(dataset, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), target_precision=target_precision, **common)
         else:
@@ -585,11 +586,12 @@ def train(
         for done in selftraining["rounds"]:
             Console().print(f"self-training round {done['round']}: {sum(done['pseudo_labels'].values())} pseudo-labels "
                             f"({', '.join(f'{k} {v}' for k, v in done['pseudo_labels'].items()) or 'none'}) from "
-                            f"{done['images_with_pseudo_labels']} of {selftraining['unlabelled_images']} unlabelled images", soft_wrap=True)
-    if choice := result.summary.get("texture_choice"):
-        Console().print(f"texture features: {'with' if choice['texture'] else 'without'} (grouped CV defect macro-F1 "
-                        f"{choice['cv_macro_f1']['with']:.4f} with, {choice['cv_macro_f1']['without']:.4f} without; "
-                        f"the choice took {choice['seconds']:.0f} s)", soft_wrap=True)
+                            f"{done['images_with_pseudo_labels']} of {selftraining['unlabelled_images']} unlabelled images"
+                            + (f"; {done['unreadable_images']} could not be read" if done["unreadable_images"] else ""), soft_wrap=True)
+    if choice := result.summary.get("feature_choice"):
+        scores = ", ".join(f"{name} {score:.4f}" for name, score in choice["cv_macro_f1"].items())
+        Console().print(f"features: {choice['chosen']} (grouped CV defect macro-F1: {scores}; the choice took {choice['seconds']:.0f} s)",
+                        soft_wrap=True)
     if result.cv:
         print_scores({"hierarchy": result.cv.reports["hierarchy"]}, f"{result.cv.k}-fold CV grouped by source image")
         print_per_class(result.cv.reports["hierarchy"])

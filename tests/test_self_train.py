@@ -46,7 +46,7 @@ def test_self_training_learns_from_confident_pseudo_labels_of_the_unlabelled_ima
     assert result.exit_code == 0, result.output
     assert "self-training round 1:" in result.output and "self-training round 2:" in result.output
     record = json.loads((out / "manifest.json").read_text())["training"]["self_training"]
-    assert record["unlabelled_images"] == 24 and [r["round"] for r in record["rounds"]] == [1, 2]
+    assert record["unlabelled_images"] == 24 and [(r["round"], r["unreadable_images"]) for r in record["rounds"]] == [(1, 0), (2, 0)]
     assert 0 < record["labelled_cv"]["subtype_macro_f1"] <= 1 and record["target_precision"] == 0.9
 
     pseudo = [r for r in read_manifest(Path(str(out) + ".self-training") / "round-2") if r.get("origin") == "pseudo"]
@@ -68,14 +68,24 @@ def test_only_regions_that_clear_their_class_bar_become_pseudo_labels(data, self
 
     model = Path(str(self_trained[0]) + ".self-training") / "round-0" / "model"
     images = sorted((data / "line").rglob("*.jpg"))
-    everything = pseudo_label(model, images, {"background": 0.0, "blowhole": 0.0, "crack": 0.0}, tmp_path / "all", "classical", False)
+    everything, unreadable = pseudo_label(model, images + [tmp_path / "missing.jpg"], {"background": 0.0, "blowhole": 0.0, "crack": 0.0},
+                                          tmp_path / "all", "classical", False)
+    assert unreadable == 1  # counted and skipped; the others go on
     bars = {"background": 0.97, "blowhole": 0.0, "crack": None}
-    kept = pseudo_label(model, images, bars, tmp_path / "some", "classical", False)
+    kept, _ = pseudo_label(model, images, bars, tmp_path / "some", "classical", False)
     expected = [(r["image"], r["bbox"]) for r in everything
                 if r["subtype"] != "crack" and r["confidence"] >= bars[r["subtype"]]]
     assert {r["subtype"] for r in everything} >= {"background", "crack"}  # the bars below have something to remove
     assert [(r["image"], r["bbox"]) for r in kept] == expected and len(kept) < len(everything)
     assert all((tmp_path / "some" / r["crop_path"]).is_file() and (tmp_path / "some" / r["mask_path"]).is_file() for r in kept)
+    # capped per class (the class balance of the labelled crops): the most confident of each class
+    capped, _ = pseudo_label(model, images, {"background": 0.0, "blowhole": 0.0, "crack": 0.0}, tmp_path / "capped", "classical", False,
+                             caps={"background": 2, "blowhole": 100, "crack": 0})
+    background = sorted((r["confidence"] for r in everything if r["subtype"] == "background"), reverse=True)
+    assert sorted(r["confidence"] for r in capped if r["subtype"] == "background") == sorted(background[:2])
+    assert not [r for r in capped if r["subtype"] == "crack"]
+    key = lambda rows: [(r["image"], r["bbox"], r["confidence"]) for r in rows if r["subtype"] == "blowhole"]  # noqa: E731
+    assert key(capped) == key(everything)  # under its cap: every one, in the order found
 
 
 def test_self_training_input_errors_are_clear(data, tmp_path):

@@ -49,13 +49,16 @@ def test_train_prints_cross_validated_figures_and_writes_a_bundle(trained):
     assert thresholds["target_precision"] == 0.9 and "2-fold" in thresholds["chosen_on"]
     assert set(thresholds["per_class"]) <= {"blowhole", "uneven", "crack", "fray"}
     assert all(t is None or 0 <= t <= 1 for t in thresholds["per_class"].values())
-    # no --texture/--no-texture: the grouped CV chose, and the bundle holds what it chose
-    choice = manifest["training"]["texture_choice"]
+    # no --texture/--no-texture: the grouped CV chose the feature set, and the bundle holds what it chose
+    choice = manifest["training"]["feature_choice"]
     scores = choice["cv_macro_f1"]
-    assert choice["texture"] == (scores["with"] > scores["without"]) and manifest["features"]["texture"] == choice["texture"]
-    assert choice["folds"] == 2 and ("texture features: with" in output or "texture features: without" in output)
-    assert manifest["metrics"]["cv"]["subtype_macro_f1_per_fold"] and round(
-        sum(manifest["metrics"]["cv"]["subtype_macro_f1_per_fold"]) / 2, 4) == scores["with" if choice["texture"] else "without"]
+    assert set(scores) == {"geometry+texture", "geometry+embedding", "geometry+texture+embedding"}
+    assert choice["chosen"] == max(scores, key=scores.get) and f"features: {choice['chosen']}" in output
+    features = manifest["features"]
+    assert (features["texture"], features["embedding"]) == ("texture" in choice["chosen"], "embedding" in choice["chosen"])
+    assert (model / "backbone.safetensors").exists() == features["embedding"]  # no backbone where no embedding was chosen
+    assert choice["folds"] == 2 and manifest["metrics"]["cv"]["subtype_macro_f1_per_fold"] and round(
+        sum(manifest["metrics"]["cv"]["subtype_macro_f1_per_fold"]) / 2, 4) == scores[choice["chosen"]]
 
 
 def test_evaluate_a_bundle_on_held_out_crops(trained, data, tmp_path):
@@ -153,7 +156,7 @@ def test_geometry_only_model_needs_no_backbone(data, tmp_path):
     assert result.exit_code == 0, result.output
     assert "RANDOM" not in result.output and not (tmp_path / "geo" / "backbone.safetensors").exists()
     manifest = json.loads((tmp_path / "geo" / "manifest.json").read_text())
-    assert "texture_choice" not in manifest["training"] and manifest["features"]["texture"] is False  # no CV, no choice
+    assert "feature_choice" not in manifest["training"] and manifest["features"]["texture"] is False  # no CV, no choice
     result = run("evaluate", test_dir, "--model", tmp_path / "geo", "--report", tmp_path / "geo.json", "-q", "--no-cache")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "geo.json").read_text())["subtype"]["accuracy"] > 0.5

@@ -43,7 +43,7 @@ def train(
     proposer: str | Path | None = None,
     record: dict | None = None,
     target_precision: float | None = None,
-    choose_texture: bool = False,
+    choose_features: bool = False,
     embed_on=None,
 ) -> TrainResult:
     """Embed the crops, estimate quality by grouped ``cv``-fold CV (0: skip), fit on all crops, save.
@@ -53,15 +53,17 @@ def train(
     ``record``: more to keep in the bundle's training summary (``tune`` keeps its study there).
     ``target_precision``: per subtype, the confidence below which a defect is reported ``uncertain``
     is chosen on the CV's out-of-fold predictions so that the rest reach this precision (needs ``cv``).
-    ``choose_texture``: the grouped CV runs with and without the texture features and the better one
-    (defect-subtype macro-F1) is trained; the bundle records both scores (without ``cv``, no texture).
+    ``choose_features``: the grouped CV scores each of :func:`feature_choices` (texture and embedding
+    each on or off; with ``config.embedding`` off, texture only) and the best (defect-subtype
+    macro-F1) is trained; the bundle records every score (without ``cv``, the config as given).
     ``embed_on``: wraps the embedder to embed the crops elsewhere (``distributed.RayEmbedder``)."""
     if target_precision is not None and not (cv and 0 < target_precision < 1):
         raise DefectkitError(f"--target-precision needs --cv K and a value between 0 and 1, got {target_precision} with --cv {cv}")
     start = time.perf_counter()
     choice = None
-    if choose_texture:
-        config = replace(config, texture=bool(cv))  # built with texture when it may be chosen
+    choose_features = choose_features and bool(cv)
+    if choose_features:
+        config = replace(config, texture=True)  # built with every block that may be chosen
     with stage(timings, "features"):
         crops = load_labelled(dataset, taxonomy)
         check_trainable(crops)
@@ -70,14 +72,15 @@ def train(
         X = build_features(crops.records, spec, embedder, cache, progress, embed_on)
     with parallel_folds(jobs):
         with stage(timings, "cv"):
-            if choose_texture and cv:
-                config, spec, X, result, choice = _choose_texture(X, spec, embedder, crops, taxonomy, config, cv, progress)
+            if choose_features:
+                config, spec, X, result, choice = _choose_features(X, spec, embedder, crops, taxonomy, config, cv, progress)
+                embedder = embedder if config.embedding else None
             else:
                 result = cross_validate(X, crops, taxonomy, config, spec, cv, progress=progress) if cv else None
         with stage(timings, "fit"):
             model = fit_model(config.model(taxonomy, spec), X, crops.subtypes, crops.groups, config)
     summary = {**crops.summary(), "config": config.to_dict(), "crop": crop_settings(dataset),
-               "negatives_from": negatives_settings(dataset), **({"texture_choice": choice} if choice else {}), **(record or {})}
+               "negatives_from": negatives_settings(dataset), **({"feature_choice": choice} if choice else {}), **(record or {})}
     metrics = result.to_dict() if result else {}
     metrics.pop("confusion", None)
     thresholds = None
@@ -90,18 +93,26 @@ def train(
     return TrainResult(bundle, model, summary, result, time.perf_counter() - start)
 
 
-def _choose_texture(X, spec: FeatureSpec, embedder, crops, taxonomy: Taxonomy, config: ClassifierConfig, cv: int, progress: bool):
-    """Grouped CV without and with the texture block (``X`` holds both); the better one, by mean
-    defect-subtype macro-F1 over the folds (ties: without, the cheaper)."""
+def feature_choices(embedding: bool) -> dict[str, dict]:
+    """The feature sets ``train`` chooses between, cheapest to compute first (ties go to it)."""
+    if not embedding:
+        return {"geometry": dict(texture=False), "geometry+texture": dict(texture=True)}
+    return {"geometry+texture": dict(texture=True, embedding=False), "geometry+embedding": dict(texture=False, embedding=True),
+            "geometry+texture+embedding": dict(texture=True, embedding=True)}
+
+
+def _choose_features(X, spec: FeatureSpec, embedder, crops, taxonomy: Taxonomy, config: ClassifierConfig, cv: int, progress: bool):
+    """Grouped CV for each feature set (``X`` holds every block); the best, by mean defect-subtype
+    macro-F1 over the folds."""
     start = time.perf_counter()
     tried = {}
-    for texture in (False, True):
-        option = replace(config, texture=texture)
+    for name, blocks in feature_choices(config.embedding).items():
+        option = replace(config, **blocks)
         columns = feature_columns(X, spec, option.feature_spec(), embedder.dim if embedder else 0)
         result = cross_validate(columns, crops, taxonomy, option, option.feature_spec(), cv, progress=progress)
-        tried[texture] = (option, columns, result, float(np.mean(result.per_fold["hierarchy"])))
-    texture = tried[True][3] > tried[False][3]
-    option, columns, result, _ = tried[texture]
-    choice = {"texture": texture, "cv_macro_f1": {"without": round(tried[False][3], 4), "with": round(tried[True][3], 4)},
-              "folds": result.k, "seconds": round(time.perf_counter() - start, 1)}
+        tried[name] = (option, columns, result, float(np.mean(result.per_fold["hierarchy"])))
+    best = max(tried, key=lambda name: tried[name][3])  # the first of equals: the cheapest
+    option, columns, result, _ = tried[best]
+    choice = {"chosen": best, "cv_macro_f1": {name: round(t[3], 4) for name, t in tried.items()}, "folds": result.k,
+              "seconds": round(time.perf_counter() - start, 1)}
     return option, option.feature_spec(), columns, result, choice

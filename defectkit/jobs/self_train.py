@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from defectkit.classifier import ClassifierConfig
-from defectkit.data.manifest import read_manifest, settings_path, write_manifest
+from defectkit.data.manifest import settings_path, write_manifest
 from defectkit.data.patches import image_files
 from defectkit.errors import DefectkitError
 from defectkit.images import write_png
@@ -66,20 +66,19 @@ def self_train(dataset: str | Path, unlabelled: str | Path | list[Path], taxonom
     work = Path(str(out) + ".self-training")
     shutil.rmtree(work, ignore_errors=True)
     first = train(dataset, taxonomy, work / "round-0" / "model", config, cv, cache, progress, **train_options)
-    labelled_cv = first.cv
-    bars = precision_thresholds(load_labelled(dataset, taxonomy).subtypes, labelled_cv.predicted, labelled_cv.confidence,
-                                options.target_precision, background=True)
+    labelled_cv, crops = first.cv, load_labelled(dataset, taxonomy)
+    bars = precision_thresholds(crops.subtypes, labelled_cv.predicted, labelled_cv.confidence, options.target_precision,
+                                background=True)
     chosen = first.summary["config"]
     config = replace(config, texture=chosen["texture"], embedding=chosen["embedding"])  # train's feature choice on the labelled CV, kept
     train_options = {k: v for k, v in train_options.items() if k != "choose_features"}
-    labelled = read_manifest(dataset)
-    counts = Counter(load_labelled(dataset, taxonomy).subtypes.tolist())
+    counts = Counter(crops.subtypes.tolist())
     caps = None if options.per_labelled is None else {s: int(options.per_labelled * n) for s, n in counts.items()}
     model, rounds = first.bundle, []
     for number in range(1, options.rounds + 1):
         pseudo, unreadable = pseudo_label(model, images, bars, work / f"round-{number}", options.proposer, progress, caps)
         combined = work / f"round-{number}"
-        write_manifest(combined / "manifest.jsonl", labelled + pseudo)
+        write_manifest(combined / "manifest.jsonl", crops.records + pseudo)
         if settings_path(dataset).is_file():
             shutil.copyfile(settings_path(dataset), settings_path(combined))
         rounds.append({"round": number, "pseudo_labels": dict(sorted(Counter(r["subtype"] for r in pseudo).items())),

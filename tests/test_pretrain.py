@@ -99,6 +99,8 @@ def test_pretrain_on_a_folder_of_images_never_samples_the_held_out_ones(tmp_path
         found, sources = sample_patches(patches.image_files(folder, patches.held_out_images([tmp_path / "test"])), 48, 3)
     assert sorted(set(read)) == ["broken.jpg", "part0.jpg", "part1.jpg", "part2.jpg", "part3.jpg", "small.jpg"]
     assert all(p.shape == (48, 48, 3) for p in found) and {s.name for s in sources} == set(read) - {"broken.jpg"}
+    (tmp_path / "held-out.txt").write_text("# the test part\nline/part4.jpg\n" + str(folder / "part5.jpg") + "\n")
+    assert patches.held_out_images([tmp_path / "held-out.txt"]) == patches.held_out_images([tmp_path / "test"])
     with pytest.raises(DefectkitError, match="--method simclr"):
         pretrain(folder, out, PretrainConfig(**{**TINY, "method": "supcon"}), progress=False)
 

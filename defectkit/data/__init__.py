@@ -87,3 +87,13 @@ def find_images(root: Path) -> list[Path]:
         and (p.is_file() or p.is_symlink())
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
+
+
+def listed_paths(list_file: Path) -> list[Path]:
+    """The paths in a text file, one a line (relative ones to the file's folder; ``#`` starts a comment)."""
+    out = []
+    for line in list_file.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(Path(line) if Path(line).is_absolute() else list_file.parent / line)
+    return out

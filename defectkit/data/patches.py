@@ -15,7 +15,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from defectkit.data import find_images
+from defectkit.data import find_images, listed_paths
 from defectkit.data.manifest import read_manifest
 from defectkit.data.masks import pair_images
 from defectkit.errors import DefectkitError, InputError
@@ -37,8 +37,7 @@ def held_out_images(sources: Iterable[str | Path]) -> set[Path]:
         if source.is_dir() or source.name == "manifest.jsonl":
             images |= {Path(r["image"]).resolve() for r in read_manifest(source, check_files=False) if r.get("image")}
         elif source.is_file():
-            lines = (line.split("#", 1)[0].strip() for line in source.read_text().splitlines())
-            images |= {(source.parent / line).resolve() for line in lines if line}
+            images |= {p.resolve() for p in listed_paths(source)}
         else:
             raise DefectkitError(f"--exclude {source}: no such crop data set or list of images")
     return images

@@ -20,7 +20,7 @@ from typing import Callable, Collection, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from defectkit.data import find_images
+from defectkit.data import find_images, listed_paths
 from defectkit.data.masks import pair_images
 from defectkit.errors import DefectkitError
 from defectkit.images import IMAGE_SUFFIXES, atomic_write_text, read_image
@@ -49,11 +49,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
         if path.is_dir():
             out += list(pair_images(find_images(path)))
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
-            for line in path.read_text().splitlines():
-                line = line.split("#", 1)[0].strip()
-                if line:
-                    listed = Path(line)
-                    out.append(listed if listed.is_absolute() else path.parent / listed)
+            out += listed_paths(path)
         else:
             out.append(path)
     paths = list(dict.fromkeys(out))

@@ -1,19 +1,24 @@
-"""End-to-end quality on real images: classify the held-out magnetic-tile images of a grouped split
-and match the defects found to the ground-truth regions (IoU >= 0.3; thin cracks are narrow).
+"""End-to-end quality on real images: classify the held-out images of a grouped split and match the
+defects found to the ground-truth regions (IoU >= 0.3; thin cracks are narrow), on magnetic tile
+(pixel masks: IoU of pixels) or cr7-det cold-rolled steel (``--dataset cr7-det``, YOLO boxes, 1,200
+images by default: IoU of boxes; no defect-free images, so no false alarms per clean image).
 
 Prints, side by side: the `given` proposer (ground-truth regions: classification errors only), the
 `classical` proposer, the classical proposer with a model trained with its hard negatives, and the
 `learned` proposer (``train-proposer`` defaults, trained on the training part only; the one
 ``benchmarks/proposers.py`` trains for the same seed is reused from ``--proposer-work``) with a model
 trained with its hard negatives, and the union of the learned and classical proposers' regions with
-a model trained with the union's hard negatives.
+a model trained with the union's hard negatives. The ``+ matched`` columns also learn from the
+proposer's regions that match a defect, labelled as it (``extract``'s ``proposal_positives``);
+the other hard-negative columns leave them out. ``--no-learned`` skips the learned columns (each
+seed's learned proposer takes most of an hour to train on this CPU).
 
 The backbone (``--backbone``): ``pretrain`` (default) pretrains one with the ``pretrain`` defaults
 on the training part's crops only, as ``benchmarks/backbone_quality.py`` does; ``random`` keeps
 random weights; ``shipped`` takes checkpoints/defectkit-backbone.safetensors, which was pretrained
 (without labels) on every image, the held-out ones too, so its figures are optimistic.
 
-    .venv/bin/python benchmarks/end_to_end.py [--src ../shared/datasets/magnetic-tile] [--seed 0] [--backbone pretrain]
+    .venv/bin/python benchmarks/end_to_end.py [--dataset magnetic-tile|cr7-det] [--seed 0] [--seeds 1] [--backbone pretrain] [--no-learned]
 """
 
 from __future__ import annotations
@@ -31,25 +36,43 @@ from defectkit.data.manifest import read_manifest, write_manifest
 from defectkit.defect import Defect
 from defectkit.export import defect_mask
 from defectkit.jobs.extract import ExtractOptions, extract
-from defectkit.matching import iou_matrix, one_to_one
+from defectkit.geometry import Region
+from defectkit.matching import MATCH_IOU as IOU, iou_matrix, one_to_one, region_iou
 from defectkit.pipeline import DefectClassifier
 from defectkit.jobs.pretrain import PretrainConfig, pretrain
 from defectkit.propose import create_proposer
 from defectkit.taxonomy import BACKGROUND, Taxonomy
 from defectkit.jobs.train import train
 
-from proposers import CLASSES, learned_model, split  # noqa: E402 (a sibling benchmark: the same split, the same learned proposer)
+import proposers_boxes  # noqa: E402 (sibling benchmarks: the same splits, the same learned proposers)
+from proposers import CLASSES, learned_model, split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-IOU = 0.3
 
 
-def match(predicted: list[np.ndarray], truth: list[np.ndarray]) -> list[tuple[int, int]]:
-    """One-to-one pairs (prediction, truth) with IoU >= IOU, best first."""
-    return one_to_one(iou_matrix(predicted, truth), IOU)
+_EXTRACTED: set = set()
 
 
-def score(classifier: DefectClassifier, images: dict[str, list[dict]], subtypes: list[str]) -> dict:
+def extract_once(src: Path, out: Path, taxonomy: Taxonomy, options: ExtractOptions) -> None:
+    """``extract``, but only once per process for the same folder and options: the crops of every
+    image do not depend on the split seed (each seed then keeps its training part's)."""
+    if (out, options) not in _EXTRACTED:
+        extract(src, out, taxonomy, options, progress=False)
+        _EXTRACTED.add((out, options))
+
+
+def match(predicted: list[Defect], truths: list[dict], shape: tuple[int, int], boxes: bool) -> list[tuple[int, int]]:
+    """One-to-one pairs (prediction, truth) with IoU >= IOU, best first: of boxes where the truth is a
+    box, else of pixels."""
+    if boxes:
+        truth_regions = [Region.from_polygon(t["polygon"], shape) for t in truths]
+        iou = region_iou(truth_regions, [d.region for d in predicted], boxes=True).T
+    else:
+        iou = iou_matrix([d.region.full_mask(shape) for d in predicted], [defect_mask(Defect.from_dict(t)) for t in truths])
+    return one_to_one(iou, IOU)
+
+
+def score(classifier: DefectClassifier, images: dict[str, list[dict]], subtypes: list[str], boxes: bool) -> dict:
     counts = defaultdict(Counter)  # subtype -> tp, predicted, truth
     image_right = 0
     false_alarms = []
@@ -59,8 +82,7 @@ def score(classifier: DefectClassifier, images: dict[str, list[dict]], subtypes:
             raise RuntimeError(f"{image}: {result.error}")
         shape = (result.size[1], result.size[0])
         predicted = [d for d in result.defects if d.category != BACKGROUND]
-        truth_masks = [defect_mask(Defect.from_dict(t)) for t in truths]
-        pairs = match([d.region.full_mask(shape) for d in predicted], truth_masks)
+        pairs = match(predicted, truths, shape, boxes) if predicted and truths else []
         for i, j in pairs:
             if predicted[i].subtype == truths[j]["subtype"]:
                 counts[truths[j]["subtype"]]["tp"] += 1
@@ -69,7 +91,7 @@ def score(classifier: DefectClassifier, images: dict[str, list[dict]], subtypes:
         for t in truths:
             counts[t["subtype"]]["truth"] += 1
         if truths:
-            image_right += any(d.subtype == truths[0]["subtype"] for d in predicted)
+            image_right += any(d.subtype in {t["subtype"] for t in truths} for d in predicted)
         else:
             false_alarms.append(len(predicted))
             image_right += not predicted
@@ -97,11 +119,24 @@ def split_images(src: Path, seed: int) -> tuple[dict, set[str]]:
     return parts, {str(p) for cls in CLASSES for p in parts[cls]["train"]}
 
 
+def steel(work: Path, images: int, seed: int) -> tuple[Path, list[Path], set[str]]:
+    """cr7-det as benchmarks/proposers_boxes.py takes it: a folder of links to ``images`` images, the
+    training part of its split (by content) and that part's image paths as extract names them."""
+    chosen = proposers_boxes.subset(proposers_boxes.DATA, images)
+    root = proposers_boxes.linked(chosen, work / f"cr7-images-{images}")
+    train_paths, _ = proposers_boxes.split(chosen, seed)
+    return root, train_paths, {str(root / "image" / p.name) for p in train_paths}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "datasets" / "magnetic-tile")
+    parser.add_argument("--dataset", choices=["magnetic-tile", "cr7-det"], default="magnetic-tile")
+    parser.add_argument("--src", type=Path, help="the magnetic-tile folder (default ../shared/datasets/magnetic-tile)")
+    parser.add_argument("--images", type=int, default=1200, help="cr7-det: images used (evenly over the file-name classes)")
+    parser.add_argument("--no-learned", dest="learned", action="store_false", help="skip the learned proposer's columns")
     parser.add_argument("--work", type=Path, default=Path("/tmp/defectkit-bench/end-to-end"))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first split seed")
+    parser.add_argument("--seeds", type=int, default=1, help="run this many split seeds (seed, seed+1, ...) and print the mean and spread")
     parser.add_argument("--limit", type=int, default=0, help="Score only this many test images (0: all).")
     parser.add_argument("--backbone", choices=["pretrain", "random", "shipped"], default="pretrain",
                         help="pretrain on the training part (default), random weights, or the shipped backbone (has seen the test images)")
@@ -109,14 +144,28 @@ def main() -> None:
     parser.add_argument("--proposer-work", type=Path, default=Path("/tmp/defectkit-bench/proposers"),
                         help="where benchmarks/proposers.py keeps its learned proposers (one is trained there if missing)")
     args = parser.parse_args()
-    taxonomy = Taxonomy.load(ROOT / "configs" / "taxonomy" / "magnetic-tile.yaml")
-    work = args.work
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    per_seed = [one_seed(args, seed) for seed in seeds]
+    if len(seeds) > 1:
+        summarise(per_seed, seeds)
+
+
+def one_seed(args, seed: int) -> dict:
+    """Every column's scores on seed ``seed``'s split, printed as a table."""
+    taxonomy = Taxonomy.load(ROOT / "configs" / "taxonomy" / f"{args.dataset}.yaml")
+    boxes = args.dataset == "cr7-det"
+    work = args.work / args.dataset if boxes else args.work
     started = time.perf_counter()
 
+    if boxes:
+        fmt = "yolo"
+        src, steel_train, train_images = steel(args.proposer_work, args.images, seed)
+    else:
+        src, fmt = args.src or ROOT.parent / "shared" / "datasets" / "magnetic-tile", "masks"
+        parts, train_images = split_images(src, seed)
     plain = work / "crops"
-    extract(args.src, plain, taxonomy, ExtractOptions(), progress=False)
+    extract_once(src, plain, taxonomy, ExtractOptions(format=fmt))
     records = read_manifest(plain)
-    parts, train_images = split_images(args.src, args.seed)
     train_part = [r for r in records if r["image"] in train_images]
     test_part = [r for r in records if r["image"] not in train_images]
     test_images: dict[str, list[dict]] = defaultdict(list)
@@ -128,45 +177,64 @@ def main() -> None:
     write_manifest(work / "train" / "manifest.jsonl", train_part)
     (work / "train" / "extract.json").write_bytes((plain / "extract.json").read_bytes())
 
-    def with_negatives(name: str, proposer: str, model: Path | None = None) -> list[dict]:
-        """The training part's crops with ``proposer``'s hard negatives, as data set ``work/name``."""
+    def with_negatives(name: str, proposer: str, model: Path | None = None, positives: bool = False) -> list[dict]:
+        """The training part's crops with ``proposer``'s hard negatives (and, with ``positives``, its
+        proposals that match a defect, labelled as that defect), as data set ``work/name``."""
         crops = work / f"crops-{name}"
-        extract(args.src, crops, taxonomy, ExtractOptions(negatives_from=proposer, proposer_model=model and str(model)), progress=False)
+        options = ExtractOptions(format=fmt, negatives_from=proposer, proposer_model=model and str(model), proposal_positives=positives)
+        extract_once(src, crops, taxonomy, options)
         rows = [r for r in read_manifest(crops) if r["image"] in train_images]
         write_manifest(work / name / "manifest.jsonl", rows)
         (work / name / "extract.json").write_bytes((plain / "extract.json").read_bytes())
         return rows
 
     with_classical = with_negatives("train-negatives", "classical")
-    learned = learned_model(args.src, parts, args.seed, args.proposer_work, retrain=False, changes={})
-    with_learned = with_negatives("train-learned-negatives", "learned", learned)
-    with_union = with_negatives("train-union-negatives", "union", learned)
+    with_classical_matched = with_negatives("train-classical-matched", "classical", positives=True)
+    if args.learned:
+        if boxes:
+            learned = proposers_boxes.learned_model(src, steel_train, seed, args.proposer_work)
+        else:
+            learned = learned_model(src, parts, seed, args.proposer_work, retrain=False, changes={})
+        with_learned = with_negatives("train-learned-negatives", "learned", learned)
+        with_union = with_negatives("train-union-negatives", "union", learned)
+        with_union_matched = with_negatives("train-union-matched", "union", learned, positives=True)
 
     weights = {"random": "random", "shipped": "default"}.get(args.backbone, str(work / "backbone.safetensors"))
     if args.backbone == "pretrain" and not (args.reuse and Path(weights).is_file()):
-        pretrain(work / "train", weights, replace(PretrainConfig(), seed=args.seed), progress=False)
-    config = ClassifierConfig(seed=args.seed, weights=weights)
+        pretrain(work / "train", weights, replace(PretrainConfig(), seed=seed), progress=False)
+    config = ClassifierConfig(seed=seed, weights=weights)
     train(work / "train", taxonomy, work / "model", config, cv=0, progress=False)
     train(work / "train-negatives", taxonomy, work / "model-negatives", config, cv=0, progress=False)
-    train(work / "train-learned-negatives", taxonomy, work / "model-learned", config, cv=0, progress=False, proposer=learned)
-    train(work / "train-union-negatives", taxonomy, work / "model-union", config, cv=0, progress=False, proposer=learned)
+    train(work / "train-classical-matched", taxonomy, work / "model-classical-matched", config, cv=0, progress=False)
+    if args.learned:
+        train(work / "train-learned-negatives", taxonomy, work / "model-learned", config, cv=0, progress=False, proposer=learned)
+        train(work / "train-union-negatives", taxonomy, work / "model-union", config, cv=0, progress=False, proposer=learned)
+        train(work / "train-union-matched", taxonomy, work / "model-union-matched", config, cv=0, progress=False, proposer=learned)
 
     subtypes = [s for s in taxonomy.subtypes if s != BACKGROUND]
     runs = {
-        "given (GT regions)": DefectClassifier.load(work / "model", create_proposer("given")),
+        "given (GT regions)": DefectClassifier.load(work / "model", create_proposer("given", source=src, format=fmt) if boxes else create_proposer("given")),
         "classical": DefectClassifier.load(work / "model", create_proposer("classical")),
         "classical + hard negatives": DefectClassifier.load(work / "model-negatives", create_proposer("classical")),
-        "learned + hard negatives": DefectClassifier.load(work / "model-learned"),
-        "learned+classical + hard negatives": DefectClassifier.load(work / "model-union", "union"),
+        "classical + hn + matched": DefectClassifier.load(work / "model-classical-matched", create_proposer("classical")),
     }
-    results = {name: score(clf, test_images, subtypes) for name, clf in runs.items()}
+    if args.learned:
+        runs.update({
+            "learned + hard negatives": DefectClassifier.load(work / "model-learned"),
+            "learned+classical + hard negatives": DefectClassifier.load(work / "model-union", "union"),
+            "learned+classical + hn + matched": DefectClassifier.load(work / "model-union-matched", "union"),
+        })
+    results = {name: score(clf, test_images, subtypes, boxes) for name, clf in runs.items()}
 
     n_free = sum(1 for t in test_images.values() if not t)
-    print(f"split seed {args.seed}: {len(test_images)} held-out images ({len(test_images) - n_free} defective, {n_free} defect-free); "
-          f"{len(train_part)} training crops; hard negatives added: "
-          + ", ".join(f"{sum(r['origin'] == 'negative' for r in rows)} {name}"
-                      for name, rows in (("classical", with_classical), ("learned", with_learned), ("learned+classical", with_union))))
-    print(f"matching: IoU >= {IOU}; backbone: {args.backbone} ({config.weights})")
+    added = {"classical": with_classical, "classical, matched": with_classical_matched}
+    if args.learned:
+        added.update({"learned": with_learned, "learned+classical": with_union, "learned+classical, matched": with_union_matched})
+    print(f"{args.dataset}, split seed {seed}: {len(test_images)} held-out images ({len(test_images) - n_free} defective, {n_free} defect-free); "
+          f"{len(train_part)} training crops; added (hard negatives / matched proposals): "
+          + ", ".join(f"{name} {sum(r['origin'] == 'negative' for r in rows)} / {sum(r['origin'] == 'proposal' for r in rows)}"
+                      for name, rows in added.items()))
+    print(f"matching: IoU >= {IOU} of {'boxes' if boxes else 'pixels'}; backbone: {args.backbone} ({config.weights})")
     header = f"{'':<28}" + "".join(f"{name:>36}" for name in results)
     print(header)
     for s in next(iter(results.values()))["per_class"]:
@@ -175,7 +243,27 @@ def main() -> None:
     for key, label in (("macro_f1", "subtype macro-F1"), ("image_accuracy", "image-level accuracy"),
                        ("fp_per_free_image", "false positives / free image"), ("images_per_second", "images / s")):
         print(f"{label:<28}" + "".join(f"{r[key]:>36.2f}" for r in results.values()))
-    print(f"wall time {time.perf_counter() - started:.0f} s")
+    print(f"wall time {time.perf_counter() - started:.0f} s\n", flush=True)
+    return results
+
+
+def summarise(per_seed: list[dict], seeds: list[int]) -> None:
+    """Mean and spread over the seeds of each column's macro-F1 and image accuracy, and the paired
+    difference that decides extract's default: matched proposals added or not."""
+    print(f"over split seeds {seeds[0]}-{seeds[-1]} (mean ± sd):")
+    print(f"{'':<36}{'subtype macro-F1':>20}{'image accuracy':>20}{'false / clean image':>22}")
+    for name in per_seed[0]:
+        cells = ""
+        for key, width in (("macro_f1", 20), ("image_accuracy", 20), ("fp_per_free_image", 22)):
+            values = np.array([r[name][key] for r in per_seed])
+            cells += f"{'%.3f ± %.3f' % (values.mean(), values.std(ddof=1)):>{width}}"
+        print(f"{name:<36}{cells}")
+    for plain, matched in (("classical + hard negatives", "classical + hn + matched"),
+                           ("learned+classical + hard negatives", "learned+classical + hn + matched")):
+        if plain in per_seed[0]:
+            gain = np.array([r[matched]["macro_f1"] - r[plain]["macro_f1"] for r in per_seed])
+            print(f"paired macro-F1, {matched} minus {plain}: {gain.mean():+.3f} ± {gain.std(ddof=1):.3f} "
+                  f"(per seed: {', '.join(f'{g:+.3f}' for g in gain)})")
 
 
 if __name__ == "__main__":

@@ -28,12 +28,11 @@ import numpy as np
 
 from defectkit.geometry import connected_regions
 from defectkit.images import read_image, read_mask
-from defectkit.matching import iou_matrix
+from defectkit.matching import MATCH_IOU as IOU, iou_matrix
 from defectkit.propose import Proposer, create_proposer
 
 CLASSES = ("Blowhole", "Break", "Crack", "Fray", "Uneven", "Free")
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic-tile"
-IOU = 0.3
 MIN_GT_AREA = 10
 
 

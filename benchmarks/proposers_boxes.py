@@ -24,7 +24,7 @@ import numpy as np
 
 from defectkit.data.split import split_records
 from defectkit.geometry import connected_regions
-from defectkit.matching import one_to_one, region_iou
+from defectkit.matching import MATCH_IOU as IOU, one_to_one, region_iou
 from defectkit.propose import create_proposer
 from defectkit.segmenter.data import load_seg_data
 from defectkit.taxonomy import Taxonomy
@@ -32,7 +32,6 @@ from defectkit.taxonomy import Taxonomy
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "cr7-det"
 TAXONOMY = ROOT / "configs" / "taxonomy" / "cr7-det.yaml"
-IOU = 0.3
 
 
 def subset(root: Path, count: int) -> list[Path]:

@@ -33,6 +33,7 @@ from defectkit.classifier import ClassifierConfig
 from defectkit.data.manifest import read_manifest, settings_path, write_manifest
 from defectkit.data.split import image_strata, source_of, split_records
 from defectkit.embed import EmbeddingCache
+from defectkit.matching import MATCH_IOU as IOU
 from defectkit.jobs.evaluate import evaluate_bundle
 from defectkit.jobs.extract import ExtractOptions, extract
 from defectkit.jobs.self_train import SelfTrainOptions, self_train
@@ -43,7 +44,6 @@ from defectkit.threads import use_one_thread
 from classifier_materials import DATASETS  # noqa: E402 (a sibling benchmark)
 
 CV = 3
-IOU = 0.3
 
 
 def write_part(folder: Path, records: list[dict], settings: Path) -> Path:

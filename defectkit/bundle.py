@@ -27,7 +27,7 @@ import numpy as np
 from defectkit.bundle_files import check_local_model_name, library_versions, read_json_manifest, sha256_file, staged_folder, verify_files, write_manifest
 from defectkit.errors import DefectkitError
 from defectkit.features import FeatureSpec, build_features
-from defectkit.state_dicts import cpu_state
+from defectkit.state_dicts import save_weights
 from defectkit.taxonomy import Taxonomy
 
 FORMAT = "defectkit-bundle"
@@ -112,7 +112,6 @@ def save_bundle(
     ``proposer`` (a proposer bundle folder), a copy of it travels inside, checked on every load.
     ``thresholds``: per-subtype confidences below which classify says ``uncertain``."""
     import skops.io as sio
-    from safetensors.torch import save_file
 
     data = sio.dumps(model)
     untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
@@ -128,7 +127,7 @@ def save_bundle(
         if spec.embedding:
             if embedder is None:
                 raise DefectkitError("the feature spec uses embeddings: save_bundle needs the embedder")
-            save_file(cpu_state(embedder.model), str(staging / BACKBONE_FILE))
+            save_weights(embedder.model, staging / BACKBONE_FILE)
             backbone = {
                 "name": embedder.backbone,
                 "weights_sha256": embedder.weights_sha256,

@@ -118,7 +118,9 @@ def extract(
     background_in_defect_images: int = typer.Option(_EXTRACT.background_in_defect_images, help="Background regions sampled per defect image, away from its defects."),
     negatives_from: str = typer.Option("auto", help="Add this proposer's proposals that touch no defect as background crops (hard negatives), so that the classifier learns to reject what the proposer finds on clean surface: auto (what classify uses by default), learned, classical, ..., or none."),
     proposer_model: Optional[str] = typer.Option(None, help="The proposer bundle of --negatives-from learned (from train-proposer)."),
+    proposal_positives: bool = typer.Option(_EXTRACT.proposal_positives, help="Also add that proposer's proposals that match a labelled defect (IoU >= 0.3) as crops of its subtype, so that the classifier learns defects as the proposer outlines them."),
     seed: int = typer.Option(_EXTRACT.seed, help="Seed for background sampling (same seed, same output)."),
+    device: Optional[str] = _DEVICE,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Turn a labelled data set into a crop data set (manifest.jsonl + crop and mask PNGs)."""
@@ -137,7 +139,9 @@ def extract(
             background_in_defect_images=background_in_defect_images,
             negatives_from=None if negatives_from == "none" else negatives_from,
             proposer_model=proposer_model,
+            proposal_positives=proposal_positives,
             seed=seed,
+            device=device and _device(device),
         )
         summary = run_extract(src, out, Taxonomy.load(taxonomy), options, progress=not quiet)
     except (DefectkitError, ValueError) as exc:

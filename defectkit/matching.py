@@ -6,6 +6,8 @@ import numpy as np
 
 from defectkit.geometry import Region
 
+MATCH_IOU = 0.3  # a found region is the true one from this IoU on (thin cracks are narrow: 0.5 is too strict)
+
 
 def _window(a: Region, box: tuple[int, int, int, int]) -> np.ndarray:
     x0, y0, x1, y1 = box

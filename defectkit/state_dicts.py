@@ -37,6 +37,16 @@ def cpu_state(module) -> dict:
     return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
 
 
+def save_weights(module, path) -> None:
+    """A module's weights as a safetensors file (plain tensors: loading it runs no code), written
+    atomically and with the mode a plain ``open`` gives (safetensors' own writer leaves it 0600)."""
+    from safetensors.torch import save
+
+    from defectkit.images import atomic_write_bytes
+
+    atomic_write_bytes(path, save(cpu_state(module)))
+
+
 def write_state(path, state: dict) -> None:
     """Save a training state (tensors and plain values) so that a kill leaves the old file or the
     new one, never half of one; read it back with ``torch.load(path, weights_only=True)``."""

@@ -65,6 +65,16 @@ def test_reloaded_bundle_predicts_the_same(trained):
     assert (decide(bundle.model, X)[1] == crops.subtypes).mean() > 0.8
 
 
+def test_every_bundle_file_is_readable_as_the_umask_allows(trained):
+    import stat
+
+    from defectkit.images import UMASK
+
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in trained[1].iterdir()}
+    assert set(modes) >= {"model.skops", "backbone.safetensors", "manifest.json"}
+    assert {name: mode for name, mode in modes.items() if mode != 0o666 & ~UMASK} == {}
+
+
 def test_tampered_or_truncated_files_are_refused(bundle_copy):
     model = bundle_copy / MODEL_FILE
     data = bytearray(model.read_bytes())

@@ -297,7 +297,8 @@ def test_the_review_loop_feeds_a_correction_back_into_the_model(model, tmp_path)
     by_image = {}
     for record in read_manifest(crops):
         by_image.setdefault(Path(record["image"]).name, []).append((record["subtype"], record["origin"]))
-    assert by_image[Path(pore["data"]["image"]).name] == [(renamed, "annotation")]
+    # the reviewer's region, and the proposer's outline of it (a matched proposal), both under the new name
+    assert by_image[Path(pore["data"]["image"]).name] == [(renamed, "annotation"), (renamed, "proposal")]
     deleted = by_image[Path(extra["data"]["image"]).name]
     assert ("background", "negative") in deleted and not [s for s, _ in deleted if s != "background"]
     _, as_before = retrain(accepted, "accepted")

@@ -78,3 +78,9 @@ def test_version_is_printed(capsys):
 
     result = CliRunner().invoke(cli.app, ["--version"])
     assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_every_command_that_runs_a_network_takes_device():
+    networks = (cli.extract, cli.segment, cli.classify, cli.train, cli.evaluate, cli.tune, cli.pretrain,
+                cli.train_proposer, cli.finetune_sam2, cli.evaluate_sam2)
+    assert [c.__name__ for c in networks if "device" not in inspect.signature(c).parameters] == []

@@ -325,6 +325,36 @@ def test_hard_negatives_are_proposals_that_touch_no_defect(tmp_path):
             assert not (region.astype(bool) & pore).any()
 
 
+def test_proposals_matching_a_defect_become_crops_of_its_subtype(tmp_path):
+    src = generated_masks_dataset(tmp_path / "src")
+    run(src, tmp_path / "out", background_per_image=0, negatives_from="classical")
+    matched = [r for r in read_manifest(tmp_path / "out") if r["origin"] == "proposal"]
+    pores = [r for r in matched if r["image"].endswith("a.jpg")]
+    assert pores and all(r["subtype"] == "blowhole" and r["label"] == "MT_Blowhole" for r in pores)
+    truth = read_mask(src / "MT_Blowhole" / "a.png")
+    for r in pores:  # each outlines the pore as the proposer saw it, overlapping the drawn one enough
+        region = np.zeros(truth.shape, np.uint8)
+        cv2.fillPoly(region, [np.array(r["polygon"], np.int32)], 1)
+        assert (region.astype(bool) & truth).sum() / (region.astype(bool) | truth).sum() >= 0.3
+    assert not any(r["image"].endswith("c.jpg") for r in matched)
+    run(src, tmp_path / "plain", background_per_image=0, negatives_from="classical", proposal_positives=False)
+    assert not any(r["origin"] == "proposal" for r in read_manifest(tmp_path / "plain"))
+
+
+def test_a_defect_image_with_an_empty_mask_gives_no_background(tmp_path):
+    src = generated_masks_dataset(tmp_path / "src")
+    image = textured(seed=4)
+    image[90:100, 10:40] = 40  # the defect is there, but its mask is empty: nothing on it is known background
+    write(src / "MT_Crack" / "e.jpg", image)
+    write(src / "MT_Crack" / "e.png", np.zeros(image.shape[:2], np.uint8))
+    write(src / "MT_Free" / "c.jpg", image)  # the same mark on a clean image is a hard negative
+    summary = run(src, tmp_path / "out", background_per_image=0, negatives_from="classical")
+    assert [Path(p).name for p in summary.empty] == ["e.jpg"]
+    records = read_manifest(tmp_path / "out")
+    assert not any(r["image"].endswith("e.jpg") for r in records)
+    assert any(r["image"].endswith("c.jpg") and r["origin"] == "negative" for r in records)
+
+
 def test_a_crop_row_without_its_image_is_named_by_line(tmp_path):
     src = generated_masks_dataset(tmp_path / "src")
     run(src, tmp_path / "out")

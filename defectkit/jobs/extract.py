@@ -22,6 +22,7 @@ from defectkit.defect import Defect
 from defectkit.errors import InputError, TaxonomyError
 from defectkit.geometry import Region, connected_regions, describe
 from defectkit.images import atomic_write_text, write_png
+from defectkit.matching import MATCH_IOU, region_iou
 from defectkit.taxonomy import BACKGROUND, Taxonomy
 
 
@@ -36,6 +37,8 @@ class ExtractOptions:
     background_in_defect_images: int = 0
     negatives_from: str | None = None  # a proposer whose proposals off every defect become background
     proposer_model: str | None = None  # the proposer bundle of negatives_from learned (or auto, hybrid)
+    proposal_positives: bool = True  # negatives_from's proposals that match a defect become crops of its subtype
+    device: str | None = None  # where negatives_from's network runs (learned, sam2, ...)
     seed: int = 0
 
 
@@ -64,7 +67,7 @@ class _Extractor:
         if options.negatives_from:
             from defectkit.propose import build_proposer
 
-            self.negatives = build_proposer(options.negatives_from, proposer_model=options.proposer_model)
+            self.negatives = build_proposer(options.negatives_from, proposer_model=options.proposer_model, device=options.device)
 
     def run(self, progress: bool) -> ExtractSummary:
         samples = list(read_dataset(self.src, self.options.format, self.options.mask_threshold))
@@ -83,7 +86,7 @@ class _Extractor:
             try:
                 image, _ = sample.load()
                 self._background(sample, image, self.options.background_per_image, avoid=None)
-                self._hard_negatives(sample, image, np.zeros(image.shape[:2], dtype=bool))
+                self._proposals(sample, image, np.zeros(image.shape[:2], dtype=bool), [])
             except InputError as exc:
                 self.summary.skipped.append((str(sample.image_path), _reason(exc, sample.image_path)))
             bar.update()
@@ -119,38 +122,59 @@ class _Extractor:
         image, annotations = sample.load()
         labelled = [(ann, *self._resolve(ann.label, sample.image_path)) for ann in annotations]
         union = np.zeros(image.shape[:2], dtype=bool)
+        truths: list[tuple[Defect, bool]] = []  # (defect, labelled with a box)
         found = 0
         for ann, category, subtype in labelled:
             for region in self._regions(ann, image, sample.is_crop):
                 defect = describe(region, image, str(sample.image_path), self.options.polygon_tolerance)
                 defect.label, defect.category, defect.subtype = ann.label, category, subtype
                 self._save(sample, image, defect, origin="annotation")
+                truths.append((defect, ann.is_box))
                 union[region.y : region.y + region.h, region.x : region.x + region.w] |= region.mask
                 if category != BACKGROUND:
                     self.pool.add(region)
                 found += 1
-        if not found:
+        if not found:  # a defect image with an empty mask: where its defect lies is unknown, so no background from it
             self.summary.empty.append(str(sample.image_path))
+            return
         if self.options.background_in_defect_images and not sample.is_crop:
             keep_clear = cv2.dilate(union.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
             self._background(sample, image, self.options.background_in_defect_images, avoid=keep_clear)
         if not sample.is_crop:
-            self._hard_negatives(sample, image, union)
+            self._proposals(sample, image, union, truths)
 
-    def _hard_negatives(self, sample: Sample, image: np.ndarray, defects: np.ndarray) -> None:
-        """Proposals of ``negatives_from`` that touch no real defect: background crops of exactly
-        the kind that proposer gets wrong, so the classifier learns to reject them."""
+    def _proposals(self, sample: Sample, image: np.ndarray, defects: np.ndarray, truths: list[tuple[Defect, bool]]) -> None:
+        """Run ``negatives_from`` on the image. Its proposals that touch no real defect become
+        background crops of exactly the kind that proposer gets wrong, so the classifier learns to
+        reject them. With ``proposal_positives``, a proposal that matches a true region (IoU >=
+        MATCH_IOU, of boxes where the truth is a box) becomes a crop of that region's subtype:
+        the classifier then also learns defects as the proposer outlines them, not only as a
+        person drew them."""
         if self.negatives is None:
             return
         for mask in self.negatives.propose(image, image_path=str(sample.image_path)):
             for region in connected_regions(mask, self.options.min_area):
                 window = defects[region.y : region.y + region.h, region.x : region.x + region.w]
                 if (window & region.mask).any():
-                    continue
+                    truth = self._matched(region, truths) if self.options.proposal_positives else None
+                    if truth is None:
+                        continue
+                    label, category, subtype, origin = truth.label, truth.category, truth.subtype, "proposal"
+                else:
+                    label, category, subtype, origin = sample.label, BACKGROUND, BACKGROUND, "negative"
                 defect = describe(region, image, str(sample.image_path), self.options.polygon_tolerance)
-                defect.label = sample.label
-                defect.category = defect.subtype = BACKGROUND
-                self._save(sample, image, defect, origin="negative")
+                defect.label, defect.category, defect.subtype = label, category, subtype
+                self._save(sample, image, defect, origin=origin)
+
+    @staticmethod
+    def _matched(region: Region, truths: list[tuple[Defect, bool]]) -> Defect | None:
+        """The true defect ``region`` overlaps best, if that overlap reaches MATCH_IOU."""
+        best, best_iou = None, MATCH_IOU
+        for truth, is_box in truths:
+            overlap = float(region_iou([truth.region], [region], boxes=is_box)[0, 0])
+            if overlap >= best_iou:
+                best, best_iou = truth, overlap
+        return best
 
     def _regions(self, ann: Annotation, image: np.ndarray, is_crop: bool) -> list[Region]:
         if ann.polygon is not None:

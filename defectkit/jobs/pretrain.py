@@ -30,7 +30,7 @@ from defectkit.data.patches import held_out_images, image_files, sample_patches
 from defectkit.embed import DEFAULT_BACKBONE, Embedder
 from defectkit.errors import DefectkitError
 from defectkit.images import atomic_write_text, read_image, read_mask
-from defectkit.state_dicts import cpu_state, load_failure, write_state
+from defectkit.state_dicts import load_failure, save_weights, write_state
 from defectkit.tensorboard import tensorboard_writer
 
 METHODS = ("simclr", "supcon")
@@ -140,7 +140,6 @@ def pretrain(
 
     Resumes from ``out``.state.pt when it exists (written after every epoch). Returns the JSON summary.
     """
-    from safetensors.torch import save_file
 
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -186,7 +185,7 @@ def pretrain(
         write_state(state_path, {**{name: part.state_dict() for name, part in parts.items()}, "epoch": epoch + 1,
                                  "history": history, "config": json.dumps(asdict(config), sort_keys=True)})
     model.eval()
-    save_file(cpu_state(model), str(out))
+    save_weights(model, out)
     summary = {
         "backbone": config.backbone,
         "image_size": config.image_size,

@@ -23,7 +23,7 @@ from defectkit.bundle_files import check_local_model_name, library_versions, rea
 from defectkit.errors import DefectkitError
 from defectkit.segmenter.inference import Postprocess
 from defectkit.segmenter.network import NetworkSpec, build_network
-from defectkit.state_dicts import cpu_state, mismatch
+from defectkit.state_dicts import mismatch, save_weights
 
 FORMAT = "defectkit-proposer"
 FORMAT_VERSION = 1
@@ -46,11 +46,10 @@ class ProposerBundle:
 def save_proposer(path: str | Path, network: torch.nn.Module, spec: NetworkSpec, post: Postprocess, tile: int,
                   overlap: int, training: dict | None = None, metrics: dict | None = None, scale: float = 1.0) -> Path:
     """Write a proposer bundle to ``path``, whole or not at all."""
-    from safetensors.torch import save_file
 
     path = Path(path)
     with staged_folder(path, MANIFEST, FORMAT, "proposer bundle") as staging:
-        save_file(cpu_state(network), str(staging / WEIGHTS))
+        save_weights(network, staging / WEIGHTS)
         write_manifest(staging, MANIFEST, {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from defectkit.geometry import Region
-from defectkit.matching import one_to_one, region_iou
+from defectkit.matching import MATCH_IOU as IOU, one_to_one, region_iou
 from defectkit.segmenter.inference import Postprocess, components, keep
 
-IOU = 0.3
 THRESHOLDS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 SEED_THRESHOLDS = (0.5, 0.7, 0.8, 0.9)
 MIN_AREAS = (10, 25, 50, 100)

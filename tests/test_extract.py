@@ -200,6 +200,10 @@ def test_yolo_layout(tmp_path):
     (src / "labels" / "y1.txt").write_text("0 0.1875 0.1667 0.25 0.1667\n1 0.5625 0.5833 0.125 0.1667")  # no final newline
     (src / "labels" / "y2.txt").write_text("")
     (src / "labels" / "y3.txt").write_text("7 0.5 0.5 0.1 0.1\n")
+    write(src / "images" / "y4.jpg", textured(seed=7))
+    (src / "labels" / "y4.txt").write_text("0 1.5 1.5 0.1 0.1\n")  # wholly outside the image
+    write(src / "images" / "y5.jpg", textured(seed=8))
+    (src / "labels" / "y5.txt").write_text("0 0.98 0.5 0.2 0.2\n")  # partly outside: kept, cut at the edge
     summary = run(src, tmp_path / "out", format="yolo")
     records = read_manifest(tmp_path / "out")
     crack = next(r for r in records if r["subtype"] == "crack")
@@ -208,6 +212,10 @@ def test_yolo_layout(tmp_path):
     assert sum(r["image"].endswith("y2.jpg") and r["category"] == "background" for r in records) == 2
     reasons = {Path(p).name: why for p, why in summary.skipped}
     assert "class 7 is not in the data set's names" in reasons["y3.jpg"]
+    assert "lies outside the 160x120 image" in reasons["y4.jpg"]
+    (edge,) = [r for r in records if r["image"].endswith("y5.jpg")]
+    x, y, w, h = edge["bbox"]
+    assert edge["subtype"] == "crack" and x + w == 160 and 0 <= y and y + h <= 120
 
 
 def test_coco_layout_with_polygons_and_rle(tmp_path):

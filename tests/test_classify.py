@@ -224,7 +224,7 @@ def test_classify_killed_at_random_points_20_times_ends_as_one_uninterrupted_run
     then --resume: every JSON, overlay, CSV row and COCO entry equals those of a run never killed."""
     bundle, test = model
     images = tmp_path / "images"
-    for n in range(12):
+    for n in range(24):  # enough images that 20 kills of at most a few files each never finish the run
         for path in sorted(test.rglob("*.jpg")):
             write(images / f"{n}_{path.name}", cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
     args = ["--model", str(bundle), "--proposer", "classical", "--coco", "-q", "--resume"]

@@ -140,7 +140,6 @@ def pretrain(
 
     Resumes from ``out``.state.pt when it exists (written after every epoch). Returns the JSON summary.
     """
-
     out = Path(out)
     if out.suffix != ".safetensors":
         raise DefectkitError(f"--out must end in .safetensors, got {out}")

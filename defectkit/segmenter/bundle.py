@@ -46,7 +46,6 @@ class ProposerBundle:
 def save_proposer(path: str | Path, network: torch.nn.Module, spec: NetworkSpec, post: Postprocess, tile: int,
                   overlap: int, training: dict | None = None, metrics: dict | None = None, scale: float = 1.0) -> Path:
     """Write a proposer bundle to ``path``, whole or not at all."""
-
     path = Path(path)
     with staged_folder(path, MANIFEST, FORMAT, "proposer bundle") as staging:
         save_weights(network, staging / WEIGHTS)

@@ -205,7 +205,8 @@ def one_seed(args, seed: int) -> dict:
     config = ClassifierConfig(seed=seed, weights=weights)
     train(work / "train", taxonomy, work / "model", config, cv=0, progress=False)
     train(work / "train-negatives", taxonomy, work / "model-negatives", config, cv=0, progress=False)
-    train(work / "train-classical-matched", taxonomy, work / "model-classical-matched", config, cv=0, progress=False)
+    # with train's grouped CV, as train's default, which chooses the defect threshold (max_false_alarms)
+    train(work / "train-classical-matched", taxonomy, work / "model-classical-matched", config, cv=5, progress=False)
     if args.learned:
         train(work / "train-learned-negatives", taxonomy, work / "model-learned", config, cv=0, progress=False, proposer=learned)
         train(work / "train-union-negatives", taxonomy, work / "model-union", config, cv=0, progress=False, proposer=learned)
@@ -216,6 +217,8 @@ def one_seed(args, seed: int) -> dict:
         "given (GT regions)": DefectClassifier.load(work / "model", create_proposer("given", source=src, format=fmt) if boxes else create_proposer("given")),
         "classical": DefectClassifier.load(work / "model", create_proposer("classical")),
         "classical + hard negatives": DefectClassifier.load(work / "model-negatives", create_proposer("classical")),
+        "classical + hn + matched, no threshold": DefectClassifier.load(work / "model-classical-matched", create_proposer("classical"),
+                                                                        defect_threshold=0.0),
         "classical + hn + matched": DefectClassifier.load(work / "model-classical-matched", create_proposer("classical")),
     }
     if args.learned:
@@ -249,21 +252,25 @@ def one_seed(args, seed: int) -> dict:
 
 def summarise(per_seed: list[dict], seeds: list[int]) -> None:
     """Mean and spread over the seeds of each column's macro-F1 and image accuracy, and the paired
-    difference that decides extract's default: matched proposals added or not."""
+    differences that decide extract's and train's defaults: matched proposals added or not, and
+    train's defect threshold (``max_false_alarms``) or none."""
     print(f"over split seeds {seeds[0]}-{seeds[-1]} (mean ± sd):")
-    print(f"{'':<36}{'subtype macro-F1':>20}{'image accuracy':>20}{'false / clean image':>22}")
+    print(f"{'':<40}{'subtype macro-F1':>20}{'image accuracy':>20}{'false / clean image':>22}")
     for name in per_seed[0]:
         cells = ""
         for key, width in (("macro_f1", 20), ("image_accuracy", 20), ("fp_per_free_image", 22)):
             values = np.array([r[name][key] for r in per_seed])
             cells += f"{'%.3f ± %.3f' % (values.mean(), values.std(ddof=1)):>{width}}"
-        print(f"{name:<36}{cells}")
-    for plain, matched in (("classical + hard negatives", "classical + hn + matched"),
+        print(f"{name:<40}{cells}")
+    for plain, matched in (("classical + hard negatives", "classical + hn + matched, no threshold"),
+                           ("classical + hn + matched, no threshold", "classical + hn + matched"),
                            ("learned+classical + hard negatives", "learned+classical + hn + matched")):
-        if plain in per_seed[0]:
-            gain = np.array([r[matched]["macro_f1"] - r[plain]["macro_f1"] for r in per_seed])
-            print(f"paired macro-F1, {matched} minus {plain}: {gain.mean():+.3f} ± {gain.std(ddof=1):.3f} "
-                  f"(per seed: {', '.join(f'{g:+.3f}' for g in gain)})")
+        if plain not in per_seed[0]:
+            continue
+        print(f"paired, {matched} minus {plain}:")
+        for key, label in (("macro_f1", "macro-F1"), ("image_accuracy", "image accuracy"), ("fp_per_free_image", "false / clean image")):
+            gain = np.array([r[matched][key] - r[plain][key] for r in per_seed])
+            print(f"  {label}: {gain.mean():+.3f} ± {gain.std(ddof=1):.3f} (per seed: {', '.join(f'{g:+.3f}' for g in gain)})")
 
 
 if __name__ == "__main__":

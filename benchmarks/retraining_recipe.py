@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -75,10 +76,16 @@ def main() -> None:
     ):
         print("$", " ".join(command[2:]), flush=True)
         done = subprocess.run(command, capture_output=True, text=True)
-        print("\n".join(line for line in done.stdout.splitlines()[-6:]), flush=True)
+        print("\n".join(line for line in done.stdout.splitlines()[-7:]), flush=True)
+        print("".join(line for line in done.stderr.splitlines(keepends=True) if line.startswith("warning")), end="", flush=True)
         if done.returncode not in (0, 1):
             print(done.stderr[-2000:])
             raise SystemExit(done.returncode)
+    chosen = (json.loads((model / "manifest.json").read_text()).get("thresholds") or {}).get("defect")
+    if chosen:
+        print(f"train's defect threshold: P(not background) >= {chosen['threshold']} (out-of-fold false defects per defect-free image "
+              f"{chosen['false_alarms_per_image'][0]} -> {chosen['false_alarms_per_image'][1]}, matched proposals called defects "
+              f"{chosen['matched_called_defect'][0]} -> {chosen['matched_called_defect'][1]})")
     with open(run / "images.csv") as handle:
         rows = list(csv.DictReader(handle))
     clean = [r for r in rows if "/MT_Free/" in r["image"]]

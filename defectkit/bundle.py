@@ -110,7 +110,8 @@ def save_bundle(
 ) -> Path:
     """Write a bundle to ``path`` (a new or existing bundle folder), whole or not at all; with
     ``proposer`` (a proposer bundle folder), a copy of it travels inside, checked on every load.
-    ``thresholds``: per-subtype confidences below which classify says ``uncertain``."""
+    ``thresholds``: ``per_class``, the per-subtype confidences below which classify says
+    ``uncertain``; ``defect``, the P(not background) below which it drops a region."""
     import skops.io as sio
 
     data = sio.dumps(model)

@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 
 from defectkit.ensemble import Hierarchy, StackedEnsemble, default_estimators, default_final_estimator
 from defectkit.features import EmbeddingPCA, FeatureSpec
-from defectkit.taxonomy import Taxonomy
+from defectkit.taxonomy import BACKGROUND, Taxonomy
 
 
 @dataclass(frozen=True)
@@ -112,12 +112,16 @@ class Decision(NamedTuple):
     confidence: np.ndarray
     category_proba: np.ndarray | None  # columns: the hierarchy's categories_
     subtype_proba: np.ndarray  # columns: classes_
+    background: np.ndarray  # P(background) per row (0 where the model knows no background)
 
 
 def decide(model: Pipeline, X) -> Decision:
     head, Xt = split_head(model, X)
     if isinstance(head, Hierarchy):
-        return Decision(*head.decide_with_proba(Xt))
-    proba = head.predict_proba(Xt)
-    best = proba.argmax(axis=1)
-    return Decision(None, head.classes_[best], proba.max(axis=1), None, proba)
+        category, subtype, confidence, category_proba, proba = head.decide_with_proba(Xt)
+    else:
+        proba = head.predict_proba(Xt)
+        category, subtype, confidence, category_proba = None, head.classes_[proba.argmax(axis=1)], proba.max(axis=1), None
+    column = np.flatnonzero(np.asarray(head.classes_).astype(str) == BACKGROUND)
+    background = proba[:, column[0]] if len(column) else np.zeros(len(proba))
+    return Decision(category, subtype, confidence, category_proba, proba, background)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -546,6 +547,7 @@ def train(
     cv: int = typer.Option(5, "--cv", help="Folds (grouped by source image) for the printed quality estimate; 0 skips it."),
     proposer_model: Optional[Path] = typer.Option(None, help="A proposer bundle (from train-proposer) for the model to carry; classify then uses it."),
     target_precision: Optional[float] = typer.Option(None, help="Choose, per subtype, the confidence below which classify says 'uncertain', so that the rest reach this precision on the CV's out-of-fold predictions."),
+    max_false_alarms: float = typer.Option(0.05, help="Where the crops hold a proposer's hard negatives: choose, on the CV's out-of-fold predictions, the P(not background) below which classify drops a region, so that at most this many of the proposer's false alarms per image stay defects ('inf': no threshold)."),
     unlabelled: Optional[Path] = typer.Option(None, help="Self-training: a folder of unlabelled images; the model's confident predictions on them become more training crops."),
     rounds: int = typer.Option(2, help="--unlabelled: rounds of pseudo-labelling and retraining."),
     pseudo_precision: float = typer.Option(0.95, help="--unlabelled: a pseudo-label's class must reach this precision on the labelled crops' out-of-fold predictions, at its confidence."),
@@ -569,6 +571,8 @@ def train(
     use_one_thread()  # see defectkit.threads: spin-waiting threads slow the fit on busy cores
     try:
         config = _config(backbone, backbone_weights, image_size, mask_mode, bool(texture), no_embedding, pca, seed, reject, device)
+        if not max_false_alarms >= 0:
+            raise DefectkitError(f"--max-false-alarms {max_false_alarms}: a number of false alarms per image, 0 or more ('inf': no threshold)")
         if unlabelled is not None:
             from defectkit.jobs.self_train import SelfTrainOptions, self_train
 
@@ -579,7 +583,8 @@ def train(
             options = SelfTrainOptions(rounds=rounds, target_precision=pseudo_precision, per_labelled=pseudo_per_labelled, proposer=proposer)
             options.validate(cv)
         embed_on = _embed_on(engine, address, workers, cpus_per_worker, gpus_per_worker)
-        common = dict(progress=not quiet, proposer=proposer_model, choose_features=texture is None, embed_on=embed_on)
+        common = dict(progress=not quiet, proposer=proposer_model, choose_features=texture is None, embed_on=embed_on,
+                      max_false_alarms=None if math.isinf(max_false_alarms) else max_false_alarms)
         if unlabelled is None:
             result = run_train(dataset, Taxonomy.load(taxonomy), out, config, cv, _cache(no_cache), target_precision=target_precision, **common)
         else:
@@ -599,7 +604,24 @@ def train(
     if result.cv:
         print_scores({"hierarchy": result.cv.reports["hierarchy"]}, f"{result.cv.k}-fold CV grouped by source image")
         print_per_class(result.cv.reports["hierarchy"])
+    if defect := (result.thresholds or {}).get("defect"):
+        _print_defect_threshold(defect)
     Console().print(f"bundle written to {result.bundle} ({result.summary['crops']} crops, {result.seconds:.0f} s)", soft_wrap=True)
+
+
+def _print_defect_threshold(defect: dict) -> None:
+    """train's defect threshold, what it buys and what it costs; a warning where it costs most finds."""
+    alarms, (before, after) = defect["false_alarms_per_image"], defect["matched_called_defect"]
+    found = f"; the proposer's regions on labelled defects called defects {before:.0%} -> {after:.0%}" if before is not None else ""
+    chosen = f"P(not background) >= {defect['threshold']}" if defect["threshold"] else "none needed"
+    Console().print(f"defect threshold: {chosen} (out-of-fold, false defects per defect-free image {alarms[0]} -> {alarms[1]}, "
+                    f"target {defect['target_false_alarms_per_image']}{found})", soft_wrap=True)
+    if before and after < before / 2:
+        console.print(f"warning: to keep the proposer's false alarms under {defect['target_false_alarms_per_image']} per "
+                      f"defect-free image, this model keeps only {after:.0%} of the defects it finds ({before:.0%} without "
+                      "the threshold): it cannot yet tell the proposer's false alarms from defects. Label more images, "
+                      "defect-free ones too; or trade false alarms for finds with a higher --max-false-alarms (or a lower classify "
+                      "--defect-threshold).", soft_wrap=True)
 
 
 @app.command()
@@ -783,6 +805,7 @@ def classify(
     min_confidence: Optional[float] = typer.Option(None, help="Below this confidence a defect is reported as 'uncertain' (every subtype; default: the model's own thresholds, if it has them)."),
     threshold: list[str] = typer.Option([], "--threshold", help="SUBTYPE=X: this subtype's confidence threshold (repeatable; over --thresholds, --min-confidence and the model's own)."),
     thresholds_file: Optional[Path] = typer.Option(None, "--thresholds", help="YAML file of per-subtype confidence thresholds ('crack: 0.7', '\"*\": 0.5' for every subtype), over the model's own."),
+    defect_threshold: Optional[float] = typer.Option(None, help="A region whose P(not background) is below this is background (default: the model's own, chosen by train --max-false-alarms; 0: none)."),
     keep_background: bool = typer.Option(False, help="Also report proposals classified as background."),
     min_area: int = typer.Option(10, help="Drop regions smaller than this many pixels."),
     coco: bool = typer.Option(False, "--coco", help="Also write coco.json for the whole run."),
@@ -817,7 +840,9 @@ def classify(
         thresholds = confidence_thresholds(thresholds_file, min_confidence, threshold)
         _check_proposer(proposer)
         device = device and _device(device)
-        settings = dict(min_area=min_area, min_confidence=thresholds or None, keep_background=keep_background)
+        if defect_threshold is not None and not 0 <= defect_threshold <= 1:
+            raise DefectkitError(f"--defect-threshold {defect_threshold}: a probability lies between 0 and 1")
+        settings = dict(min_area=min_area, min_confidence=thresholds or None, keep_background=keep_background, defect_threshold=defect_threshold)
         _check_engine(engine)
         if engine == "ray":
             from defectkit.jobs.classify import classify_on_ray

@@ -56,6 +56,36 @@ def precision_thresholds(true, predicted, confidence, target: float, min_support
     return out
 
 
+def false_alarm_threshold(p_defect, called_defect, false_alarm, matched, per_clean_image: float, target: float) -> dict:
+    """The lowest threshold on P(not background) that keeps a proposer's false alarms at or under
+    ``target`` per defect-free image, chosen on out-of-fold predictions. ``false_alarm`` marks the
+    proposer's regions that touch no defect (background crops), ``matched`` its regions that match
+    one, ``called_defect`` the rows the model called a defect; ``per_clean_image`` is how many
+    regions the proposer finds on a defect-free image. The false defects per defect-free image are
+    estimated as the share of false alarms still called a defect times ``per_clean_image``: every
+    false alarm informs the share, not only those of the (often few) defect-free images.
+
+    Returns the threshold (0.0 where none is needed), the estimated false defects per defect-free
+    image before and after it, and the share of matched regions called a defect before and after."""
+    p_defect, called, false_alarm, matched = (np.asarray(a) for a in (p_defect, called_defect, false_alarm, matched))
+    per_alarm = per_clean_image / max(int(false_alarm.sum()), 1)  # false defects per clean image that one false alarm stands for
+    allowed = int(np.floor(target / per_alarm + 1e-9)) if per_alarm else len(p_defect)
+    scores = np.sort(p_defect[called & false_alarm])[::-1]  # the false alarms called defects, most confident first
+    # just above the first one past the allowance, to 4 decimals (rounded up)
+    threshold = 0.0 if len(scores) <= allowed else float(np.ceil(scores[allowed] * 1e4 + 1e-6) / 1e4)
+
+    def kept(rows, at):
+        return called & rows & (p_defect >= at)
+
+    def share(rows, at):
+        return _round(kept(rows, at).sum() / rows.sum()) if rows.sum() else None
+
+    return {"threshold": _round(threshold), "target_false_alarms_per_image": target,
+            "proposals_per_clean_image": _round(per_clean_image),
+            "false_alarms_per_image": [_round(kept(false_alarm, 0.0).sum() * per_alarm), _round(kept(false_alarm, threshold).sum() * per_alarm)],
+            "matched_called_defect": [share(matched, 0.0), share(matched, threshold)]}
+
+
 def report(taxonomy: Taxonomy, true_subtypes, predicted_subtypes, predicted_categories=None, confidence=None) -> dict:
     """Accuracy and macro-F1 per level, per-subtype precision/recall/F1, detection rates, confusions.
 

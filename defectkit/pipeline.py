@@ -76,6 +76,19 @@ class Result:
         return overlay(read_image(self.image) if image is None else image, self.defects)
 
 
+def _defect_threshold(bundle: Bundle, asked: float | None) -> float:
+    """The P(not background) below which a region is background: asked for, else the bundle's own."""
+    if asked is None:
+        asked = ((bundle.manifest.get("thresholds") or {}).get("defect") or {}).get("threshold", 0.0)
+    try:
+        value = float(asked)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise DefectkitError(f"defect threshold {asked!r}: a probability lies between 0 and 1")
+    return value
+
+
 def _thresholds(bundle: Bundle, asked: float | dict[str, float] | None) -> dict[str, float]:
     """Per subtype, the confidence below which it is reported uncertain: asked for by subtype, else
     asked for all, else the bundle's own."""
@@ -118,14 +131,16 @@ class DefectClassifier:
     """A loaded model bundle plus a proposer; build it with :meth:`load`."""
 
     def __init__(self, bundle: Bundle, proposer: Proposer, min_area: int = 10, min_confidence: float | dict[str, float] | None = None,
-                 keep_background: bool = False, crop: CropSpec | None = None):
+                 keep_background: bool = False, crop: CropSpec | None = None, defect_threshold: float | None = None):
         """``min_confidence``: below it a defect is ``uncertain``; one value for every subtype, or a
         value per subtype (``"*"``: every other one; subtypes not named keep the bundle's own, chosen
-        by ``train --target-precision``)."""
+        by ``train --target-precision``). ``defect_threshold``: a region whose P(not background) is
+        below it is background (None: the bundle's own, chosen by ``train --max-false-alarms``; 0: none)."""
         self.bundle = bundle
         self.proposer = proposer
         self.min_area = min_area
         self.thresholds = _thresholds(bundle, min_confidence)
+        self.defect_threshold = _defect_threshold(bundle, defect_threshold)
         self.keep_background = keep_background
         self.crop = crop or CropSpec(**bundle.manifest.get("training", {}).get("crop", {}))
         self.model_info = {"path": str(bundle.path), "taxonomy": bundle.taxonomy.name,
@@ -281,6 +296,9 @@ class DefectClassifier:
         for i, d in enumerate(defects):
             d.subtype = str(decision.subtype[i])
             d.category = str(decision.category[i]) if decision.category is not None else self.bundle.taxonomy.category_of(d.subtype)
+            if d.category != BACKGROUND and round(1.0 - float(decision.background[i]), 4) < self.defect_threshold:
+                d.category = d.subtype = BACKGROUND
+                decision.confidence[i] = decision.background[i]
             # to 4 decimals, as the scores: which images share a backbone pass changes the 8th
             # (floating-point sums in another order), and a result must not depend on its neighbours
             d.confidence = round(float(decision.confidence[i]), 4)

@@ -18,6 +18,7 @@ from defectkit.classifier import ClassifierConfig
 from defectkit.jobs.classify import ClassifyOptions, classify_images
 from defectkit.cli import app
 from defectkit.crops import CropSpec
+from defectkit.data.manifest import read_manifest
 from defectkit.jobs.extract import ExtractOptions, extract
 from defectkit.errors import DefectkitError
 from defectkit.geometry import connected_regions
@@ -148,6 +149,49 @@ def test_min_confidence_marks_doubtful_defects_uncertain(model):
     path = sorted((test / "MT_Crack").glob("*.jpg"))[0]
     result = DefectClassifier.load(bundle, create_proposer("given"), min_confidence=1.0).classify(path)
     assert result.defects and all(d.subtype == "uncertain" and d.category == "uncertain" for d in result.defects)
+
+
+def test_train_chooses_a_defect_threshold_that_classify_applies(tmp_path):
+    """With the proposer's hard negatives in the crops, train's grouped CV picks the P(not background)
+    below which classify drops a region; classify takes it from the bundle, or as asked."""
+    taxonomy = Taxonomy.load(TAXONOMY)
+    extract(image_set(tmp_path / "train", 6, 0), tmp_path / "crops", taxonomy,
+            ExtractOptions(crop=CropSpec(size=48), negatives_from="classical"), progress=False)
+    config = ClassifierConfig(backbone="resnet10t", weights="random", image_size=32, pca=8)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        result = train(tmp_path / "crops", taxonomy, tmp_path / "model", config, cv=2, progress=False, max_false_alarms=0.0)
+    chosen = json.loads((tmp_path / "model" / "manifest.json").read_text())["thresholds"]["defect"]
+    assert chosen["target_false_alarms_per_image"] == 0.0 and "2-fold" in chosen["chosen_on"]
+    origin = np.array([r["origin"] for r in read_manifest(tmp_path / "crops")])  # in the order train read them
+    assert (origin == "negative").any()
+    kept = (origin == "negative") & (result.cv.predicted != "background") & (1 - result.cv.background >= chosen["threshold"])
+    assert chosen["false_alarms_per_image"][1] == kept.sum() == 0
+    assert DefectClassifier.load(tmp_path / "model", create_proposer("classical")).defect_threshold == chosen["threshold"]
+
+    image = sorted((tmp_path / "train" / "MT_Crack").glob("*.jpg"))[0]
+    found = DefectClassifier.load(tmp_path / "model", create_proposer("given"), defect_threshold=0.0, keep_background=True).classify(image)
+    assert any(d.category != "background" for d in found.defects)
+    dropped = DefectClassifier.load(tmp_path / "model", create_proposer("given"), defect_threshold=1.0, keep_background=True).classify(image)
+    assert len(dropped.defects) == len(found.defects) and all(d.category == d.subtype == "background" for d in dropped.defects)
+    assert [d.confidence for d in dropped.defects] == [d.scores["subtype"]["background"] for d in dropped.defects]
+    with pytest.raises(DefectkitError, match="between 0 and 1"):
+        DefectClassifier.load(tmp_path / "model", create_proposer("given"), defect_threshold=1.5)
+
+
+def test_train_prints_the_defect_threshold_and_warns_when_it_costs_most_finds(capsys):
+    from defectkit.cli import _print_defect_threshold
+
+    chosen = {"threshold": 0.89, "target_false_alarms_per_image": 0.05, "false_alarms_per_image": [0.45, 0.045],
+              "matched_called_defect": [0.48, 0.04]}
+    _print_defect_threshold(chosen)
+    out, err = capsys.readouterr()
+    assert "P(not background) >= 0.89" in out and "0.45 -> 0.045" in out and "48% -> 4%" in out
+    assert err.startswith("warning") and "keeps only 4% of the defects it finds (48% without" in err
+    _print_defect_threshold({**chosen, "matched_called_defect": [0.8, 0.7]})
+    out, err = capsys.readouterr()
+    assert "80% -> 70%" in out and err == ""
+    _print_defect_threshold({**chosen, "threshold": 0.0, "false_alarms_per_image": [0.02, 0.02], "matched_called_defect": [0.9, 0.9]})
+    assert capsys.readouterr().out.startswith("defect threshold: none needed (out-of-fold, false defects per defect-free image 0.02 -> 0.02")
 
 
 def test_thresholds_per_subtype_leave_the_other_subtypes_alone(model):

@@ -149,3 +149,22 @@ def test_precision_thresholds_keep_the_confident_predictions_that_reach_the_targ
     assert chosen["scratch"] is None  # no threshold makes these five right
     assert "background" not in chosen
     assert precision_thresholds(true[:6], predicted[:6], confidence[:6], target=0.9) == {"pit": 0.0}
+
+
+def test_the_false_alarm_threshold_keeps_the_proposers_false_alarms_within_the_target():
+    from defectkit.metrics import false_alarm_threshold
+
+    # six false alarms (background crops) called defects, at P(defect) 0.9 .. 0.4, one called background
+    # (0.95 but not called: a background call never flags); two matched defects at 0.97 and 0.6
+    p_defect = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.95, 0.97, 0.6])
+    called = np.array([True] * 6 + [False, True, True])
+    false_alarm = np.array([True] * 7 + [False, False])
+    matched = np.array([False] * 7 + [True, True])
+    # 3.5 regions per clean image: each of the 7 false alarms stands for 0.5 false defects per clean image
+    chosen = false_alarm_threshold(p_defect, called, false_alarm, matched, per_clean_image=3.5, target=1.0)
+    assert chosen["threshold"] == 0.7001  # two false alarms allowed: 0.9 and 0.8 stay, 0.7 goes
+    assert chosen["false_alarms_per_image"] == [3.0, 1.0]
+    assert chosen["matched_called_defect"] == [1.0, 0.5]  # the matched defect at 0.6 goes with it
+    assert false_alarm_threshold(p_defect, called, false_alarm, matched, per_clean_image=0.5, target=1.0)["threshold"] == 0.0  # room for all six
+    strict = false_alarm_threshold(p_defect, called, false_alarm, matched, per_clean_image=3.5, target=0.0)
+    assert strict["threshold"] == 0.9001 and strict["false_alarms_per_image"][1] == 0.0

@@ -32,6 +32,7 @@ class CVResult:
     per_fold: dict[str, list[float]] = field(default_factory=dict)  # model name -> subtype macro-F1 per fold
     predicted: np.ndarray | None = None  # the model's out-of-fold subtype per crop
     confidence: np.ndarray | None = None  # and its confidence
+    background: np.ndarray | None = None  # and its P(background)
     crops: LabelledCrops | None = None  # the crops (set by evaluate_cv, for per-crop rows)
 
     def to_dict(self, main: str = "hierarchy") -> dict:
@@ -102,11 +103,13 @@ def cross_validate(
     names = BASELINES if baselines else ("hierarchy",)
     subtype = {name: np.empty(len(y), dtype=object) for name in names}
     category = np.empty(len(y), dtype=object)
-    confidence = np.zeros(len(y))
+    confidence, background = np.zeros(len(y)), np.zeros(len(y))
     per_fold = {name: [] for name in names}
     for train, test in tqdm(folds, desc=f"{len(folds)}-fold CV", unit="fold", disable=not progress):
         model = fit_model(config.model(taxonomy, spec), X[train], y[train], crops.groups[train], config)
-        category[test], subtype["hierarchy"][test], confidence[test], *_ = decide(model, X[test])
+        decision = decide(model, X[test])
+        category[test], subtype["hierarchy"][test], confidence[test] = decision.category, decision.subtype, decision.confidence
+        background[test] = decision.background
         if baselines:
             flat = fit_model(config.model(taxonomy, spec, flat=True), X[train], y[train], crops.groups[train], config)
             subtype["flat stack"][test] = flat.predict(X[test])
@@ -119,7 +122,7 @@ def cross_validate(
             on_fold(len(per_fold["hierarchy"]) - 1, per_fold["hierarchy"])
     reports = {name: report(taxonomy, y, subtype[name], category if name == "hierarchy" else None,
                             confidence if name == "hierarchy" else None) for name in names}
-    return CVResult(len(folds), folds, reports, per_fold, subtype["hierarchy"].astype(str), confidence)
+    return CVResult(len(folds), folds, reports, per_fold, subtype["hierarchy"].astype(str), confidence, background)
 
 
 def _defect_macro_f1(true: np.ndarray, predicted: np.ndarray) -> float:

@@ -102,7 +102,7 @@ def pseudo_label(model_dir: Path, images: list[Path], bars: dict[str, float | No
     (skipped: an unlabelled image that cannot be read teaches nothing)."""
     from defectkit.pipeline import DefectClassifier
 
-    classifier = DefectClassifier.load(model_dir, proposer, keep_background=True, min_confidence=0.0)
+    classifier = DefectClassifier.load(model_dir, proposer, keep_background=True, min_confidence=0.0, defect_threshold=0.0)
     kept: dict[str, list] = {}  # per class: (confidence, arrival, path, defect), a min-heap where capped
     unreadable, arrival = 0, 0
     bar = tqdm(classifier.stream(images), total=len(images), desc="pseudo-label", unit="img", disable=not progress)

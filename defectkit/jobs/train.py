@@ -15,8 +15,8 @@ from defectkit.jobs.evaluate import CVResult, cross_validate
 from defectkit.features import FeatureSpec, build_features, feature_columns
 from defectkit.errors import DefectkitError
 from defectkit.labelled import check_trainable, load_labelled
-from defectkit.metrics import precision_thresholds
-from defectkit.taxonomy import Taxonomy
+from defectkit.metrics import false_alarm_threshold, precision_thresholds
+from defectkit.taxonomy import BACKGROUND, Taxonomy
 from defectkit.threads import parallel_folds
 from defectkit.timing import Timings, stage
 
@@ -28,6 +28,7 @@ class TrainResult:
     summary: dict
     cv: CVResult | None
     seconds: float
+    thresholds: dict | None = None  # as the bundle keeps them (train's --target-precision and --max-false-alarms)
 
 
 def train(
@@ -43,6 +44,7 @@ def train(
     proposer: str | Path | None = None,
     record: dict | None = None,
     target_precision: float | None = None,
+    max_false_alarms: float | None = 0.05,
     choose_features: bool = False,
     embed_on=None,
 ) -> TrainResult:
@@ -53,6 +55,10 @@ def train(
     ``record``: more to keep in the bundle's training summary (``tune`` keeps its study there).
     ``target_precision``: per subtype, the confidence below which a defect is reported ``uncertain``
     is chosen on the CV's out-of-fold predictions so that the rest reach this precision (needs ``cv``).
+    ``max_false_alarms``: where the crops hold the proposer's hard negatives, the threshold on
+    P(not background) under which ``classify`` drops a region is chosen on the CV's out-of-fold
+    predictions so that its false alarms leave at most this many false defects per defect-free image
+    (None: no threshold; without ``cv`` or hard negatives there is none).
     ``choose_features``: the grouped CV scores each of :func:`feature_choices` (texture and embedding
     each on or off; with ``config.embedding`` off, texture only) and the best (defect-subtype
     macro-F1) is trained; the bundle records every score (without ``cv``, the config as given).
@@ -83,14 +89,34 @@ def train(
                "negatives_from": negatives_settings(dataset), **({"feature_choice": choice} if choice else {}), **(record or {})}
     metrics = result.to_dict() if result else {}
     metrics.pop("confusion", None)
-    thresholds = None
+    thresholds = {}
     if target_precision is not None:
         per_class = precision_thresholds(crops.subtypes, result.predicted, result.confidence, target_precision)
         thresholds = {"target_precision": target_precision, "chosen_on": f"{result.k}-fold grouped CV", "per_class": per_class}
+    defect = defect_threshold(crops, result, max_false_alarms) if result and max_false_alarms is not None else None
+    if defect:
+        thresholds["defect"] = {**defect, "chosen_on": f"{result.k}-fold grouped CV"}
     with stage(timings, "save"):
         bundle = save_bundle(out, model, taxonomy, spec, embedder, training=summary, metrics=metrics, proposer=proposer,
-                             thresholds=thresholds)
-    return TrainResult(bundle, model, summary, result, time.perf_counter() - start)
+                             thresholds=thresholds or None)
+    return TrainResult(bundle, model, summary, result, time.perf_counter() - start, thresholds or None)
+
+
+def defect_threshold(crops, result: CVResult, target: float) -> dict | None:
+    """The threshold on P(not background) that keeps the proposer's out-of-fold false alarms (its
+    hard negatives, ``origin: negative``) at or under ``target`` per defect-free image (see
+    :func:`false_alarm_threshold`); None where the crops hold no hard negatives."""
+    origin = np.array([str(r.get("origin", "")) for r in crops.records])
+    negative = origin == "negative"
+    if not negative.any():
+        return None
+    defective = set(crops.groups[crops.subtypes != BACKGROUND].tolist())
+    clean = [g for g in np.unique(crops.groups) if g not in defective]
+    # the proposer's regions per defect-free image; where none was labelled, per image
+    per_clean_image = (np.isin(crops.groups[negative], clean).sum() / len(clean) if clean
+                       else negative.sum() / len(np.unique(crops.groups)))
+    return false_alarm_threshold(1.0 - result.background, result.predicted != BACKGROUND, negative, origin == "proposal",
+                                 per_clean_image, target)
 
 
 def feature_choices(embedding: bool) -> dict[str, dict]:

@@ -547,7 +547,7 @@ def train(
     cv: int = typer.Option(5, "--cv", help="Folds (grouped by source image) for the printed quality estimate; 0 skips it."),
     proposer_model: Optional[Path] = typer.Option(None, help="A proposer bundle (from train-proposer) for the model to carry; classify then uses it."),
     target_precision: Optional[float] = typer.Option(None, help="Choose, per subtype, the confidence below which classify says 'uncertain', so that the rest reach this precision on the CV's out-of-fold predictions."),
-    max_false_alarms: float = typer.Option(0.05, help="Where the crops hold a proposer's hard negatives: choose, on the CV's out-of-fold predictions, the P(not background) below which classify drops a region, so that at most this many of the proposer's false alarms per image stay defects ('inf': no threshold)."),
+    max_false_alarms: float = typer.Option(0.05, help="Where the crops hold a proposer's hard negatives: choose, on the CV's out-of-fold predictions, the P(not background) below which classify drops a region, so that the proposer's false alarms leave at most this many false defects per defect-free image ('inf': no threshold)."),
     unlabelled: Optional[Path] = typer.Option(None, help="Self-training: a folder of unlabelled images; the model's confident predictions on them become more training crops."),
     rounds: int = typer.Option(2, help="--unlabelled: rounds of pseudo-labelling and retraining."),
     pseudo_precision: float = typer.Option(0.95, help="--unlabelled: a pseudo-label's class must reach this precision on the labelled crops' out-of-fold predictions, at its confidence."),
@@ -826,7 +826,7 @@ def classify(
 
     from defectkit.jobs.batch import expand_inputs
     from defectkit.jobs.classify import ClassifyOptions, classify_images
-    from defectkit.pipeline import DefectClassifier
+    from defectkit.pipeline import DefectClassifier, checked_probability
     from defectkit.propose import parse_options
     from defectkit.threads import use_one_thread
 
@@ -840,8 +840,8 @@ def classify(
         thresholds = confidence_thresholds(thresholds_file, min_confidence, threshold)
         _check_proposer(proposer)
         device = device and _device(device)
-        if defect_threshold is not None and not 0 <= defect_threshold <= 1:
-            raise DefectkitError(f"--defect-threshold {defect_threshold}: a probability lies between 0 and 1")
+        if defect_threshold is not None:
+            checked_probability(defect_threshold, "--defect-threshold")
         settings = dict(min_area=min_area, min_confidence=thresholds or None, keep_background=keep_background, defect_threshold=defect_threshold)
         _check_engine(engine)
         if engine == "ray":

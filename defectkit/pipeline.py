@@ -76,17 +76,22 @@ class Result:
         return overlay(read_image(self.image) if image is None else image, self.defects)
 
 
+def checked_probability(value, what: str) -> float:
+    """``value`` as a float between 0 and 1, or an error that names ``what`` it is."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 <= number <= 1:
+        raise DefectkitError(f"{what} {value!r}: a probability lies between 0 and 1")
+    return number
+
+
 def _defect_threshold(bundle: Bundle, asked: float | None) -> float:
     """The P(not background) below which a region is background: asked for, else the bundle's own."""
     if asked is None:
         asked = ((bundle.manifest.get("thresholds") or {}).get("defect") or {}).get("threshold", 0.0)
-    try:
-        value = float(asked)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not 0 <= value <= 1:
-        raise DefectkitError(f"defect threshold {asked!r}: a probability lies between 0 and 1")
-    return value
+    return checked_probability(asked, "defect threshold")
 
 
 def _thresholds(bundle: Bundle, asked: float | dict[str, float] | None) -> dict[str, float]:
@@ -296,12 +301,13 @@ class DefectClassifier:
         for i, d in enumerate(defects):
             d.subtype = str(decision.subtype[i])
             d.category = str(decision.category[i]) if decision.category is not None else self.bundle.taxonomy.category_of(d.subtype)
+            confidence = decision.confidence[i]
             if d.category != BACKGROUND and round(1.0 - float(decision.background[i]), 4) < self.defect_threshold:
                 d.category = d.subtype = BACKGROUND
-                decision.confidence[i] = decision.background[i]
+                confidence = decision.background[i]
             # to 4 decimals, as the scores: which images share a backbone pass changes the 8th
             # (floating-point sums in another order), and a result must not depend on its neighbours
-            d.confidence = round(float(decision.confidence[i]), 4)
+            d.confidence = round(float(confidence), 4)
             d.scores = {"subtype": {s: round(float(p), 4) for s, p in zip(subtypes, decision.subtype_proba[i])}}
             if decision.category_proba is not None:
                 d.scores["category"] = {c: round(float(p), 4) for c, p in zip(categories, decision.category_proba[i])}

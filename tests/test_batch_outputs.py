@@ -210,3 +210,6 @@ def test_a_missing_input_or_a_bad_option_is_an_error_before_anything_runs(tmp_pa
     result = CliRunner().invoke(app, ["classify", str(tmp_path / "a.jpg"), "-m", str(tmp_path / "no-model"), "-o",
                                       str(tmp_path / "out3"), "-p", "nonsense"])
     assert result.exit_code == 2 and "unknown proposer 'nonsense'" in result.output
+    result = CliRunner().invoke(app, ["classify", str(tmp_path / "a.jpg"), "-m", str(tmp_path / "no-model"), "-o",
+                                      str(tmp_path / "out4"), "--defect-threshold", "1.5"])
+    assert result.exit_code == 2 and "--defect-threshold 1.5: a probability lies between 0 and 1" in result.output

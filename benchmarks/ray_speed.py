@@ -3,6 +3,9 @@ the classical proposer): images/s for the local run and for --engine ray with 1 
 CPU each (``--run 1:2``: one worker of two CPUs), that Ray's files equal the local run's, and the
 per-image time Ray adds. Each is also run on the first fifth of the
 images: the difference gives the steady rate, without the start-up (of Ray, its actors, the model).
+Last, the ceiling of one worker of one CPU: what an actor does, in this process without Ray (read,
+propose, embed and classify on one thread, one torch thread), as a rate and against local's steady
+rate, since a local run overlaps proposing with classifying on two threads.
 
     .venv/bin/python benchmarks/ray_speed.py [--images 200] [--run 1:1 --run 2:1]  (workers:CPUs each)
 """
@@ -70,6 +73,22 @@ def main() -> None:
         print(f"  files equal to the local run's: {same}; against local: {local / seconds:.2f}x throughput, "
               f"{(seconds - local) / args.images * 1000:+.0f} ms per image; steady: {rate:.1f} img/s, "
               f"{rate / local_rate:.2f}x local's steady rate", flush=True)
+    ceiling = one_thread_rate(sorted(folders["images"].iterdir()))
+    print(f"one worker's ceiling (an actor's work on one thread, no Ray): {ceiling:.1f} img/s, "
+          f"{ceiling / local_rate:.2f}x local's steady rate", flush=True)
+
+
+def one_thread_rate(paths: list[Path]) -> float:
+    from defectkit.distributed import _limit_threads
+    from defectkit.pipeline import DefectClassifier
+
+    _limit_threads(1)
+    classifier = DefectClassifier.load(ROOT / "models" / "magnetic-tile", "classical")
+    for _ in classifier.stream(paths[:32], workers=0):  # warm-up
+        pass
+    start = time.perf_counter()
+    done = sum(1 for _ in classifier.stream(paths, workers=0))
+    return done / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -483,6 +483,7 @@ def pretrain(
     seed: int = typer.Option(0, help="Seed: the same seed gives the same weights."),
     patch_size: int = typer.Option(96, help="A folder of images: side of the random patches, in the images' own pixels."),
     patches_per_image: int = typer.Option(8, help="A folder of images: patches cut from each image."),
+    max_patch_size: int = typer.Option(0, help="A folder of images: cut windows of sides from --patch-size up to this (log-uniform), each shrunk to --patch-size; 0: all --patch-size."),
     exclude: list[Path] = typer.Option([], help="A folder of images: never sample the images of this crop data set (e.g. a split's test part) or .txt list; repeatable."),
     logdir: Optional[Path] = typer.Option(None, "--log-dir", "--logdir", help="TensorBoard log folder (needs tensorboard)."),
     device: Optional[str] = _DEVICE,
@@ -493,7 +494,7 @@ def pretrain(
     try:
         config = PretrainConfig(backbone=backbone, method=method, epochs=epochs, batch_size=batch_size,
                                 image_size=image_size, mask_mode=mask_mode, init=init, lr=lr, seed=seed, device=device,
-                                patch_size=patch_size, patches_per_image=patches_per_image)
+                                patch_size=patch_size, patches_per_image=patches_per_image, max_patch_size=max_patch_size)
         summary = run_pretrain(dataset, out, config, logdir=logdir, exclude=exclude)
     except DefectkitError as exc:
         _fail(exc)

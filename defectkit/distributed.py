@@ -28,7 +28,7 @@ class RemoteError(DefectkitError):
     """An image's failure on an actor, carried back to the driver."""
 
 
-BATCH_IMAGES = 16  # images per Ray batch (a local run's chunk): amortises scheduling and the backbone pass
+BATCH_IMAGES = 64  # images per Ray batch: four of a local run's chunks, so that scheduling costs less an image
 EMBED_BATCH = 256  # crops per Ray batch when embedding a crop data set
 
 
@@ -109,10 +109,13 @@ class ClassifyActor(_ImageActor):
         self.classifier = DefectClassifier.load(model_dir, proposer, proposer_options=proposer_options, device=device, **(classifier_options or {}))
 
     def results(self, paths: list[str]):
-        """The batch's images classified together, as a local run does its chunks: one backbone pass
-        and one classifier call for all their regions, read and proposed on this actor's thread (a
-        second thread proposing ahead, as a local run has, measured slower: benchmarks/ray_speed.py)."""
-        for path, image, result in self.classifier.stream(paths, chunk_size=max(1, len(paths)), workers=0):
+        """The batch's images classified in a local run's chunks (one backbone pass and one classifier
+        call for the regions of each chunk, so the same figures come out), read and proposed on this
+        actor's thread (a second thread proposing ahead, as a local run has, measured slower:
+        benchmarks/ray_speed.py)."""
+        from defectkit.pipeline import CHUNK_IMAGES
+
+        for path, image, result in self.classifier.stream(paths, chunk_size=CHUNK_IMAGES, workers=0):
             yield path, image, result if isinstance(result, Exception) else result.to_json()
 
 
@@ -177,13 +180,12 @@ class RayEmbedder:
 
         from defectkit.embed.cache import identity_hash
 
-        ray = require_ray()
         e = self.embedder
         settings = {"backbone": e.backbone, "weights": str(e.weights), "image_size": e.image_size, "mask_mode": e.mask_mode,
                     "seed": e.seed, "batch_size": e.batch_size, "device": "cuda" if self.gpus_per_worker else "cpu"}
         rows = [{"crop_path": str(Path(r["crop_path"]).resolve()), "mask_path": str(Path(r["mask_path"]).resolve()) if r.get("mask_path") else ""}
                 for r in records]
-        ds = _on_actors(ray.data.from_items(rows), EmbedActor, settings, self.workers, self.cpus_per_worker, self.gpus_per_worker, self.batch_size)
+        ds = _on_actors(in_batches(rows, self.batch_size), EmbedActor, settings, self.workers, self.cpus_per_worker, self.gpus_per_worker, self.batch_size)
         expected = identity_hash(e.identity)
         vectors = []
         with tqdm(total=len(rows), desc="embed (ray)", unit="crop", disable=not progress) as bar:
@@ -197,6 +199,18 @@ class RayEmbedder:
         if len(out) != len(rows):
             raise RuntimeError(f"Ray returned {len(out)} vectors for {len(rows)} crops")
         return out
+
+
+def in_batches(rows: list[dict], batch_size: int):
+    """A Ray Dataset of ``rows`` in blocks of ``batch_size``, so that each actor call gets the rows a
+    local run would take together. Ray's own blocking (``from_items``) splits them otherwise, into
+    calls of a few rows that cost more each, and whose backbone passes differ from a local run's in
+    the last bits (batches under 16 crops take another convolution path), so a score rounded to 4
+    places could differ."""
+    import pandas as pd
+
+    ray = require_ray()
+    return ray.data.from_pandas([pd.DataFrame(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)])
 
 
 def _on_actors(ds, actor: type, settings: dict, workers: int, cpus_per_worker: float, gpus_per_worker: float, batch_size: int):
@@ -246,8 +260,7 @@ def ray_outcomes(dataset=classify_dataset, *args, **settings):
         paths = list(paths)
         if not paths:
             return
-        ray = require_ray()
-        ds = dataset(ray.data.from_items([{"path": str(p)} for p in paths]), *args, images=False, **settings)
+        ds = dataset(in_batches([{"path": str(p)} for p in paths], settings.get("batch_size", BATCH_IMAGES)), *args, images=False, **settings)
         for expected, row in zip(paths, ds.iter_rows()):
             if row["path"] != str(expected):
                 raise RuntimeError(f"Ray returned {row['path']} where {expected} was due: results out of order")

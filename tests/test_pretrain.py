@@ -89,7 +89,7 @@ def test_pretrain_on_a_folder_of_images_never_samples_the_held_out_ones(tmp_path
     with pytest.warns(UserWarning, match="broken.jpg"):
         summary = pretrain(folder, out, config, progress=False, exclude=[tmp_path / "test"])
     assert summary["data"] == {"dataset": str(folder), "kind": "image patches", "crops": 15, "images": 5, "excluded_images": 2,
-                               "patch_size": 48}
+                               "patch_size": 48, "max_patch_size": 0}
     assert Embedder(weights=out).backbone == "resnet10t"
     import defectkit.data.patches as patches
 
@@ -136,5 +136,23 @@ def test_cli_defaults_match_the_config():
     defaults = {name: p.default.default for name, p in inspect.signature(command).parameters.items() if hasattr(p.default, "default")}
     config = PretrainConfig()
     for name in ("backbone", "method", "epochs", "batch_size", "image_size", "mask_mode", "init", "lr", "seed", "patch_size",
-                 "patches_per_image"):
+                 "patches_per_image", "max_patch_size"):
         assert defaults[name] == getattr(config, name), name
+
+
+def test_patches_of_several_scales_are_windows_of_several_sides_shrunk_to_one_size(tmp_path):
+    """A horizontal ramp (value = column): a window of side s spans s - 1 grey levels, and keeps
+    about that span when shrunk; fixed-size patches all span exactly the patch side."""
+    from defectkit.data.patches import sample_patches
+    from tests.conftest import write
+
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (200, 1))
+    write(tmp_path / "ramp.png", np.dstack([ramp] * 3))
+    spans = lambda patches: [int(p[..., 0].max()) - int(p[..., 0].min()) for p in patches]  # noqa: E731
+    fixed, _ = sample_patches([tmp_path / "ramp.png"], 32, 20, seed=1)
+    assert set(spans(fixed)) == {31}
+    scaled, _ = sample_patches([tmp_path / "ramp.png"], 32, 40, seed=1, max_size=160)
+    assert all(p.shape == (32, 32, 3) for p in scaled)
+    assert max(spans(scaled)) > 80 and min(spans(scaled)) >= 29 and max(spans(scaled)) <= 160
+    with pytest.raises(DefectkitError, match="largest size"):
+        sample_patches([tmp_path / "ramp.png"], 32, 2, max_size=20)

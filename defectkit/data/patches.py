@@ -43,12 +43,17 @@ def held_out_images(sources: Iterable[str | Path]) -> set[Path]:
     return images
 
 
-def sample_patches(images: list[Path], size: int, per_image: int, seed: int = 0) -> tuple[list[np.ndarray], list[Path]]:
+def sample_patches(images: list[Path], size: int, per_image: int, seed: int = 0,
+                   max_size: int = 0) -> tuple[list[np.ndarray], list[Path]]:
     """``per_image`` square patches of ``size`` pixels from each image, at uniformly random places
-    (an image smaller than ``size`` is scaled up to it). Each image is decoded once; an unreadable
-    one is skipped with a warning. Returns the patches and the image each came from."""
-    if size < 16 or per_image < 1:
-        raise DefectkitError(f"patches need a size of at least 16 px and at least 1 per image, got {size} and {per_image}")
+    (an image smaller than ``size`` is scaled up to it). With ``max_size``, each patch is a window of
+    a side drawn log-uniformly between ``size`` and ``max_size`` (at most the image's shorter side),
+    shrunk to ``size``: the scales of the crops that regions of every size give. Each image is
+    decoded once; an unreadable one is skipped with a warning. Returns the patches and the image
+    each came from."""
+    if size < 16 or per_image < 1 or (max_size and max_size < size):
+        raise DefectkitError(f"patches need a size of at least 16 px, at least 1 per image and a largest size of at least "
+                             f"the size; got {size}, {per_image} and {max_size}")
     rng = np.random.default_rng(seed)
     patches, sources = [], []
     for path in images:
@@ -62,7 +67,10 @@ def sample_patches(images: list[Path], size: int, per_image: int, seed: int = 0)
             scale = size / min(height, width)
             image = cv2.resize(image, (max(size, round(width * scale)), max(size, round(height * scale))), interpolation=cv2.INTER_LINEAR)
             height, width = image.shape[:2]
-        for y, x in zip(rng.integers(0, height - size + 1, per_image), rng.integers(0, width - size + 1, per_image)):
-            patches.append(np.ascontiguousarray(image[y : y + size, x : x + size]))
+        largest = min(max_size or size, height, width)
+        for side in np.exp(rng.uniform(np.log(size), np.log(largest), per_image)).astype(int).clip(size, largest):
+            y, x = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
+            patch = image[y : y + side, x : x + side]
+            patches.append(np.ascontiguousarray(patch if side == size else cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)))
             sources.append(path)
     return patches, sources

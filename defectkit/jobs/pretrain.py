@@ -55,6 +55,7 @@ class PretrainConfig:
     projection_dim: int = 128
     patch_size: int = 96  # a folder of whole images: side of the random patches, in the images' own pixels
     patches_per_image: int = 8
+    max_patch_size: int = 0  # a folder of whole images: windows of sides up to this, shrunk to patch_size (0: all patch_size)
     seed: int = 0
     device: str | None = None
 
@@ -234,13 +235,13 @@ def _read_patches(folder, config: PretrainConfig, exclude: Iterable[str | Path])
     images = image_files(folder, left_out)
     if not images:
         raise DefectkitError(f"{folder}: no images to pretrain on" + (f" ({len(left_out)} excluded)" if left_out else ""))
-    patches, sources = sample_patches(images, config.patch_size, config.patches_per_image, config.seed)
+    patches, sources = sample_patches(images, config.patch_size, config.patches_per_image, config.seed, config.max_patch_size)
     if len(patches) < config.batch_size:
         raise DefectkitError(f"{folder}: {len(patches)} patches from {len(set(sources))} images, fewer than one batch of "
                              f"{config.batch_size}; raise --patches-per-image or add images")
     masks = [np.ones(p.shape[:2], bool) for p in patches]  # no regions: the whole patch
     data = {"dataset": str(folder), "kind": "image patches", "crops": len(patches), "images": len(set(sources)),
-            "excluded_images": len(left_out), "patch_size": config.patch_size}
+            "excluded_images": len(left_out), "patch_size": config.patch_size, "max_patch_size": config.max_patch_size}
     return patches, masks, np.zeros(len(patches), int), data
 
 

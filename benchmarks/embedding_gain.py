@@ -91,7 +91,8 @@ def main() -> None:
         crops = load_labelled(crops_of(name, args.work, (args.cr7_images or None) if name == "cr7-det" else None), taxonomy)
         defects = sorted({s for s in crops.subtypes if s != BACKGROUND})
         base = ClassifierConfig(embedding=False, texture=True)
-        X_base = build_features(crops.records, base.feature_spec(), None, None, progress=False)
+        cache = EmbeddingCache()  # texture rows and embeddings, computed once per crop
+        X_base = build_features(crops.records, base.feature_spec(), None, cache, progress=False)
         print(f"\n{name}: {len(crops.records)} crops from {len(np.unique(crops.groups))} source images; {args.cv}-fold CV grouped "
               f"by source image, fold seeds 0..{args.seeds - 1}", flush=True)
         scores = {"geometry+texture": []}
@@ -104,7 +105,7 @@ def main() -> None:
             config = backbone_config(backbone)
             embedder, spec = config.embedder(), config.feature_spec()
             start = time.perf_counter()
-            X = build_features(crops.records, spec, embedder, EmbeddingCache(), progress=False)
+            X = build_features(crops.records, spec, embedder, cache, progress=False)
             vectors = normalize(X[:, spec.n_tabular:])  # the embedding alone, for the probes
             with_embedding, knn, logistic = [], [], []
             for seed in range(args.seeds):

@@ -1,7 +1,7 @@
 """Throughput of classify on Ray against the local path, on magnetic-tile images (the shipped model,
 the classical proposer): images/s for the local run and for --engine ray with 1 and 2 workers of one
 CPU each (``--run 1:2``: one worker of two CPUs), that Ray's files equal the local run's, and the
-per-image time Ray adds. Each is also run on the first fifth of the
+per-image time Ray adds, and the scaling efficiency of more workers against one. Each is also run on the first fifth of the
 images: the difference gives the steady rate, without the start-up (of Ray, its actors, the model).
 Last, the ceiling of one worker of one CPU: what an actor does, in this process without Ray (read,
 propose, embed and classify on one thread, one torch thread), as a rate and against local's steady
@@ -13,6 +13,7 @@ rate, since a local run overlaps proposing with classifying on two threads.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,7 @@ def main() -> None:
 
     local, local_rate = measure("local", args.work / "local", [])
     print(f"  steady: {local_rate:.1f} img/s", flush=True)
+    one_worker = {}  # steady rate of one worker, by its CPUs
     for setting in args.run or ["1:1", "2:1"]:
         workers, cpus = (int(v) for v in setting.split(":"))
         out = args.work / f"ray-{workers}x{cpus}"
@@ -73,6 +75,11 @@ def main() -> None:
         print(f"  files equal to the local run's: {same}; against local: {local / seconds:.2f}x throughput, "
               f"{(seconds - local) / args.images * 1000:+.0f} ms per image; steady: {rate:.1f} img/s, "
               f"{rate / local_rate:.2f}x local's steady rate", flush=True)
+        if workers == 1:
+            one_worker[cpus] = rate
+        elif cpus in one_worker:
+            print(f"  scaling efficiency (steady rate / ({workers} x one worker's)): {rate / (workers * one_worker[cpus]):.2f}; "
+                  f"the actors ask for {workers * cpus} of this machine's {os.cpu_count()} cores, the driver runs beside them", flush=True)
     ceiling = one_thread_rate(sorted(folders["images"].iterdir()))
     print(f"one worker's ceiling (an actor's work on one thread, no Ray): {ceiling:.1f} img/s, "
           f"{ceiling / local_rate:.2f}x local's steady rate", flush=True)

@@ -233,7 +233,9 @@ def classify_dataset(ds, model_dir: str | Path, proposer: str = "auto", proposer
                      classifier_options: dict | None = None, batch_size: int = BATCH_IMAGES, images: bool = True):
     """A Ray Dataset of image paths (column ``path``) -> one of results (see ``_ImageActor``):
     chain it with any Ray pipeline (``write_parquet`` and so on). ``images=False`` leaves out the
-    decoded images (much less to move; read them where they are needed)."""
+    decoded images (much less to move; read them where they are needed). A data set made by
+    :func:`in_batches` gives the figures of a local run to the last digit; one blocked otherwise
+    may differ in the fourth decimal of a score."""
     settings = {"model_dir": str(model_dir), "proposer": proposer, "proposer_options": proposer_options, "device": device,
                 "classifier_options": classifier_options, "images": images}
     return _on_actors(ds, ClassifyActor, settings, workers, cpus_per_worker, gpus_per_worker, batch_size)

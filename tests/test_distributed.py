@@ -29,10 +29,12 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    """The shipped examples and one broken file: a bad image is an error row on Ray too."""
+    """The shipped examples ten times over (141 images: three of Ray's batches of 64, so that an actor
+    can be killed between two) and one broken file: a bad image is an error row on Ray too."""
     folder = tmp_path_factory.mktemp("images")
-    for path in sorted(SAMPLE.rglob("*.jpg")):
-        (folder / path.name).symlink_to(path)
+    for copy in range(10):
+        for path in sorted(SAMPLE.rglob("*.jpg")):
+            (folder / f"{copy}-{path.name}").symlink_to(path)
     (folder / "broken.jpg").write_bytes(b"not an image")
     return folder
 
@@ -67,7 +69,7 @@ def test_segment_on_ray_writes_the_files_of_a_local_segment_run(local_ray, image
     result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"])
     assert result.exit_code == 1 and "engine: ray, 2 worker(s)" in result.output, result.output
     assert files(tmp_path / "ray") == files(tmp_path / "local")
-    assert '"max_proposals": 4' in (tmp_path / "ray" / "exp1_num_108719.json").read_text()  # the -O setting reached the actors
+    assert '"max_proposals": 4' in (tmp_path / "ray" / "0-exp1_num_108719.json").read_text()  # the -O setting reached the actors
 
 
 def test_train_and_evaluate_on_ray_embed_there_into_the_cache_a_local_run_reads(local_ray, tmp_path):
@@ -112,6 +114,16 @@ def actor_pids() -> list[int]:
         if command.startswith(b"ray::MapWorker(MapBatches(ClassifyActor))"):
             pids.append(int(pid))
     return pids
+
+
+def test_ray_batches_hold_a_local_runs_chunks(local_ray):
+    """Each actor call gets consecutive rows, as many as asked for (Ray's own blocking would split
+    them), so its images are classified in a local run's chunks."""
+    from defectkit.distributed import in_batches
+
+    seen = in_batches([{"path": str(i)} for i in range(40)], 16).map_batches(
+        lambda batch: {"first": [batch["path"][0]], "size": [len(batch["path"])]}, batch_size=16).take_all()
+    assert [(int(r["first"]), r["size"]) for r in seen] == [(0, 16), (16, 16), (32, 8)]
 
 
 def test_an_actor_killed_mid_run_loses_no_image_and_writes_none_twice(local_ray, images, local_run, tmp_path):

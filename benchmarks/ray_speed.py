@@ -86,10 +86,10 @@ def main() -> None:
 
 
 def one_thread_rate(paths: list[Path]) -> float:
-    from defectkit.distributed import _limit_threads
     from defectkit.pipeline import DefectClassifier
+    from defectkit.threads import use_one_thread
 
-    _limit_threads(1)
+    use_one_thread()  # as an actor of one CPU
     classifier = DefectClassifier.load(ROOT / "models" / "magnetic-tile", "classical")
     for _ in classifier.stream(paths[:32], workers=0):  # warm-up
         pass

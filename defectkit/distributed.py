@@ -22,6 +22,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from defectkit.errors import DefectkitError
+from defectkit.threads import use_threads
 
 
 class RemoteError(DefectkitError):
@@ -50,14 +51,6 @@ def start(address: str | None = None, cpus: int | None = None):
                  log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     return ray
-
-
-def _limit_threads(threads: int) -> None:
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(max(1, int(threads)))  # this actor's share of the machine's cores
-    threadpool_limits(max(1, int(threads)))
 
 
 class _ImageActor:
@@ -105,7 +98,7 @@ class ClassifyActor(_ImageActor):
 
         self.images = images
 
-        _limit_threads(threads)
+        use_threads(threads)  # this actor's share of the machine's cores
         self.classifier = DefectClassifier.load(model_dir, proposer, proposer_options=proposer_options, device=device, **(classifier_options or {}))
 
     def results(self, paths: list[str]):
@@ -128,7 +121,7 @@ class SegmentActor(_ImageActor):
 
         self.images = images
 
-        _limit_threads(threads)
+        use_threads(threads)  # this actor's share of the machine's cores
         self.proposer = build_proposer(proposer, options=proposer_options, proposer_model=proposer_model, device=device)
         self.description = self.proposer.describe()
         self.min_area, self.polygon_tolerance = min_area, polygon_tolerance
@@ -150,7 +143,7 @@ class EmbedActor:
     def __init__(self, threads: int = 1, **settings):
         from defectkit.embed import Embedder
 
-        _limit_threads(threads)
+        use_threads(threads)  # this actor's share of the machine's cores
         self.embedder = Embedder(**settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

@@ -21,13 +21,18 @@ import os
 def use_one_thread() -> None:
     """Limit torch and every OpenMP / BLAS runtime loaded so far (and those torch, NumPy,
     scikit-learn and OpenCV bring) to one thread, for the rest of the process."""
+    use_threads(1)
+
+
+def use_threads(threads: int) -> None:
+    """As :func:`use_one_thread`, to ``threads`` threads (a Ray actor's share of the cores)."""
     import cv2  # noqa: F401  (its OpenBLAS)
     import sklearn.base  # noqa: F401  (its OpenMP runtime)
     import torch
     from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(1)
-    threadpool_limits(1)
+    torch.set_num_threads(max(1, int(threads)))
+    threadpool_limits(max(1, int(threads)))
 
 
 def cpu_count() -> int:

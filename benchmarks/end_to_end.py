@@ -11,7 +11,9 @@ trained with its hard negatives, and the union of the learned and classical prop
 a model trained with the union's hard negatives. The ``+ matched`` columns also learn from the
 proposer's regions that match a defect, labelled as it (``extract``'s ``proposal_positives``);
 the other hard-negative columns leave them out. ``--no-learned`` skips the learned columns (each
-seed's learned proposer takes most of an hour to train on this CPU).
+seed's learned proposer takes most of an hour to train on this CPU); ``--matched-only`` keeps only
+``given`` and the ``+ matched`` columns (what ``extract`` does by default); ``--set KEY=VALUE`` takes
+the learned proposer trained with that setting (``benchmarks/proposers.py --set``, e.g. epochs=240).
 
 The backbone (``--backbone``): ``pretrain`` (default) pretrains one with the ``pretrain`` defaults
 on the training part's crops only, as ``benchmarks/backbone_quality.py`` does; ``random`` keeps
@@ -19,6 +21,7 @@ random weights; ``shipped`` takes checkpoints/defectkit-backbone.safetensors, wh
 (without labels) on every image, the held-out ones too, so its figures are optimistic.
 
     .venv/bin/python benchmarks/end_to_end.py [--dataset magnetic-tile|cr7-det] [--seed 0] [--seeds 1] [--backbone pretrain] [--no-learned]
+        [--matched-only] [--set KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from defectkit.taxonomy import BACKGROUND, Taxonomy
 from defectkit.jobs.train import train
 
 import proposers_boxes  # noqa: E402 (sibling benchmarks: the same splits, the same learned proposers)
-from proposers import CLASSES, learned_model, split  # noqa: E402
+from proposers import CLASSES, learned_model, parse_setting, split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,6 +137,10 @@ def main() -> None:
     parser.add_argument("--src", type=Path, help="the magnetic-tile folder (default ../shared/datasets/magnetic-tile)")
     parser.add_argument("--images", type=int, default=1200, help="cr7-det: images used (evenly over the file-name classes)")
     parser.add_argument("--no-learned", dest="learned", action="store_false", help="skip the learned proposer's columns")
+    parser.add_argument("--matched-only", action="store_true",
+                        help="only the columns trained as extract does by default (hard negatives and matched proposals), beside given")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="magnetic tile: the learned proposer trained with this setting (as benchmarks/proposers.py --set)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/defectkit-bench/end-to-end"))
     parser.add_argument("--seed", type=int, default=0, help="the first split seed")
     parser.add_argument("--seeds", type=int, default=1, help="run this many split seeds (seed, seed+1, ...) and print the mean and spread")
@@ -144,6 +151,8 @@ def main() -> None:
     parser.add_argument("--proposer-work", type=Path, default=Path("/tmp/defectkit-bench/proposers"),
                         help="where benchmarks/proposers.py keeps its learned proposers (one is trained there if missing)")
     args = parser.parse_args()
+    if args.set and args.dataset != "magnetic-tile":
+        parser.error("--set applies to the magnetic-tile learned proposer only")
     seeds = list(range(args.seed, args.seed + args.seeds))
     per_seed = [one_seed(args, seed) for seed in seeds]
     if len(seeds) > 1:
@@ -188,15 +197,17 @@ def one_seed(args, seed: int) -> dict:
         (work / name / "extract.json").write_bytes((plain / "extract.json").read_bytes())
         return rows
 
-    with_classical = with_negatives("train-negatives", "classical")
+    every = not args.matched_only
+    with_classical = with_negatives("train-negatives", "classical") if every else []
     with_classical_matched = with_negatives("train-classical-matched", "classical", positives=True)
     if args.learned:
         if boxes:
             learned = proposers_boxes.learned_model(src, steel_train, seed, args.proposer_work)
         else:
-            learned = learned_model(src, parts, seed, args.proposer_work, retrain=False, changes={})
-        with_learned = with_negatives("train-learned-negatives", "learned", learned)
-        with_union = with_negatives("train-union-negatives", "union", learned)
+            learned = learned_model(src, parts, seed, args.proposer_work, retrain=False, changes=dict(parse_setting(s) for s in args.set))
+        with_learned = with_negatives("train-learned-negatives", "learned", learned) if every else []
+        with_union = with_negatives("train-union-negatives", "union", learned) if every else []
+        with_learned_matched = with_negatives("train-learned-matched", "learned", learned, positives=True)
         with_union_matched = with_negatives("train-union-matched", "union", learned, positives=True)
 
     weights = {"random": "random", "shipped": "default"}.get(args.backbone, str(work / "backbone.safetensors"))
@@ -204,27 +215,37 @@ def one_seed(args, seed: int) -> dict:
         pretrain(work / "train", weights, replace(PretrainConfig(), seed=seed), progress=False)
     config = ClassifierConfig(seed=seed, weights=weights)
     train(work / "train", taxonomy, work / "model", config, cv=0, progress=False)
-    train(work / "train-negatives", taxonomy, work / "model-negatives", config, cv=0, progress=False)
+    if every:
+        train(work / "train-negatives", taxonomy, work / "model-negatives", config, cv=0, progress=False)
     # with train's grouped CV, as train's default, which chooses the defect threshold (max_false_alarms)
     train(work / "train-classical-matched", taxonomy, work / "model-classical-matched", config, cv=5, progress=False)
     if args.learned:
-        train(work / "train-learned-negatives", taxonomy, work / "model-learned", config, cv=0, progress=False, proposer=learned)
-        train(work / "train-union-negatives", taxonomy, work / "model-union", config, cv=0, progress=False, proposer=learned)
+        if every:
+            train(work / "train-learned-negatives", taxonomy, work / "model-learned", config, cv=0, progress=False, proposer=learned)
+            train(work / "train-union-negatives", taxonomy, work / "model-union", config, cv=0, progress=False, proposer=learned)
+        train(work / "train-learned-matched", taxonomy, work / "model-learned-matched", config, cv=5, progress=False, proposer=learned)
         train(work / "train-union-matched", taxonomy, work / "model-union-matched", config, cv=0, progress=False, proposer=learned)
 
     subtypes = [s for s in taxonomy.subtypes if s != BACKGROUND]
     runs = {
         "given (GT regions)": DefectClassifier.load(work / "model", create_proposer("given", source=src, format=fmt) if boxes else create_proposer("given")),
-        "classical": DefectClassifier.load(work / "model", create_proposer("classical")),
-        "classical + hard negatives": DefectClassifier.load(work / "model-negatives", create_proposer("classical")),
-        "classical + hn + matched, no threshold": DefectClassifier.load(work / "model-classical-matched", create_proposer("classical"),
-                                                                        defect_threshold=0.0),
-        "classical + hn + matched": DefectClassifier.load(work / "model-classical-matched", create_proposer("classical")),
     }
-    if args.learned:
+    if every:
         runs.update({
-            "learned + hard negatives": DefectClassifier.load(work / "model-learned"),
-            "learned+classical + hard negatives": DefectClassifier.load(work / "model-union", "union"),
+            "classical": DefectClassifier.load(work / "model", create_proposer("classical")),
+            "classical + hard negatives": DefectClassifier.load(work / "model-negatives", create_proposer("classical")),
+            "classical + hn + matched, no threshold": DefectClassifier.load(work / "model-classical-matched", create_proposer("classical"),
+                                                                            defect_threshold=0.0),
+        })
+    runs["classical + hn + matched"] = DefectClassifier.load(work / "model-classical-matched", create_proposer("classical"))
+    if args.learned:
+        if every:
+            runs.update({
+                "learned + hard negatives": DefectClassifier.load(work / "model-learned"),
+                "learned+classical + hard negatives": DefectClassifier.load(work / "model-union", "union"),
+            })
+        runs.update({
+            "learned + hn + matched": DefectClassifier.load(work / "model-learned-matched"),
             "learned+classical + hn + matched": DefectClassifier.load(work / "model-union-matched", "union"),
         })
     results = {name: score(clf, test_images, subtypes, boxes) for name, clf in runs.items()}
@@ -232,7 +253,9 @@ def one_seed(args, seed: int) -> dict:
     n_free = sum(1 for t in test_images.values() if not t)
     added = {"classical": with_classical, "classical, matched": with_classical_matched}
     if args.learned:
-        added.update({"learned": with_learned, "learned+classical": with_union, "learned+classical, matched": with_union_matched})
+        added.update({"learned": with_learned, "learned, matched": with_learned_matched, "learned+classical": with_union,
+                      "learned+classical, matched": with_union_matched})
+    added = {name: rows for name, rows in added.items() if rows}
     print(f"{args.dataset}, split seed {seed}: {len(test_images)} held-out images ({len(test_images) - n_free} defective, {n_free} defect-free); "
           f"{len(train_part)} training crops; added (hard negatives / matched proposals): "
           + ", ".join(f"{name} {sum(r['origin'] == 'negative' for r in rows)} / {sum(r['origin'] == 'proposal' for r in rows)}"
@@ -264,8 +287,9 @@ def summarise(per_seed: list[dict], seeds: list[int]) -> None:
         print(f"{name:<40}{cells}")
     for plain, matched in (("classical + hard negatives", "classical + hn + matched, no threshold"),
                            ("classical + hn + matched, no threshold", "classical + hn + matched"),
-                           ("learned+classical + hard negatives", "learned+classical + hn + matched")):
-        if plain not in per_seed[0]:
+                           ("learned+classical + hard negatives", "learned+classical + hn + matched"),
+                           ("classical + hn + matched", "learned + hn + matched")):
+        if plain not in per_seed[0] or matched not in per_seed[0]:
             continue
         print(f"paired, {matched} minus {plain}:")
         for key, label in (("macro_f1", "macro-F1"), ("image_accuracy", "image accuracy"), ("fp_per_free_image", "false / clean image")):

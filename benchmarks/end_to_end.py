@@ -8,7 +8,9 @@ Prints, side by side: the `given` proposer (ground-truth regions: classification
 `learned` proposer (``train-proposer`` defaults, trained on the training part only; the one
 ``benchmarks/proposers.py`` trains for the same seed is reused from ``--proposer-work``) with a model
 trained with its hard negatives, and the union of the learned and classical proposers' regions with
-a model trained with the union's hard negatives. The ``+ matched`` columns also learn from the
+a model trained with the union's hard negatives (and, ``learned + hn + matched``, the learned
+proposer with a model trained as ``train`` does by default, grouped CV choosing its defect
+threshold, on its hard negatives and matched proposals). The ``+ matched`` columns also learn from the
 proposer's regions that match a defect, labelled as it (``extract``'s ``proposal_positives``);
 the other hard-negative columns leave them out. ``--no-learned`` skips the learned columns (each
 seed's learned proposer takes most of an hour to train on this CPU); ``--matched-only`` keeps only

@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--matched-only", action="store_true",
                         help="only the columns trained as extract does by default (hard negatives and matched proposals), beside given")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="magnetic tile: the learned proposer trained with this setting (as benchmarks/proposers.py --set)")
+                        help="the learned proposer trained with this setting (as benchmarks/proposers.py and proposers_boxes.py --set)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/defectkit-bench/end-to-end"))
     parser.add_argument("--seed", type=int, default=0, help="the first split seed")
     parser.add_argument("--seeds", type=int, default=1, help="run this many split seeds (seed, seed+1, ...) and print the mean and spread")
@@ -153,8 +153,6 @@ def main() -> None:
     parser.add_argument("--proposer-work", type=Path, default=Path("/tmp/defectkit-bench/proposers"),
                         help="where benchmarks/proposers.py keeps its learned proposers (one is trained there if missing)")
     args = parser.parse_args()
-    if args.set and args.dataset != "magnetic-tile":
-        parser.error("--set applies to the magnetic-tile learned proposer only")
     seeds = list(range(args.seed, args.seed + args.seeds))
     per_seed = [one_seed(args, seed) for seed in seeds]
     if len(seeds) > 1:
@@ -203,10 +201,11 @@ def one_seed(args, seed: int) -> dict:
     with_classical = with_negatives("train-negatives", "classical") if every else []
     with_classical_matched = with_negatives("train-classical-matched", "classical", positives=True)
     if args.learned:
+        changes = dict(parse_setting(s) for s in args.set)
         if boxes:
-            learned = proposers_boxes.learned_model(src, steel_train, seed, args.proposer_work)
+            learned = proposers_boxes.learned_model(src, steel_train, seed, args.proposer_work, changes)
         else:
-            learned = learned_model(src, parts, seed, args.proposer_work, retrain=False, changes=dict(parse_setting(s) for s in args.set))
+            learned = learned_model(src, parts, seed, args.proposer_work, retrain=False, changes=changes)
         with_learned = with_negatives("train-learned-negatives", "learned", learned) if every else []
         with_union = with_negatives("train-union-negatives", "union", learned) if every else []
         with_learned_matched = with_negatives("train-learned-matched", "learned", learned, positives=True)

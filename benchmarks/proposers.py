@@ -168,31 +168,43 @@ def print_table(results: dict[str, Result]) -> None:
           " ppi = proposals per image")
 
 
-def learned_model(root: Path, parts: dict, seed: int, work: Path, retrain: bool, changes: dict) -> Path:
-    """A proposer trained on this seed's training part only, with the defaults but for ``changes``
-    (trained once, kept in a folder named by the changes)."""
+def learned_config(seed: int, changes: dict):
+    """``train-proposer``'s defaults but for ``changes`` (settings of the network or of training),
+    and a tag naming the changes (the folder a trained proposer is kept in)."""
     from dataclasses import replace
 
-    from defectkit.jobs.train_proposer import train_proposer
     from defectkit.segmenter.config import NetworkSpec
     from defectkit.segmenter.train import TrainProposerConfig
-    from defectkit.taxonomy import Taxonomy
 
     tag = "".join(f"-{k}{v}" for k, v in sorted(changes.items()))
-    out = work / f"learned{tag}-seed{seed}"
     network = {k: v for k, v in changes.items() if k in NetworkSpec.__dataclass_fields__}
     config = replace(TrainProposerConfig(seed=seed), **{k: v for k, v in changes.items() if k not in network},
                      network=NetworkSpec(**network))
+    return config, tag
+
+
+def report_training(name: str, seed: int, result, out: Path, seconds: float) -> None:
+    checks = [f"{row['epoch']}: {row['val_region_f1']:.2f}" for row in json.loads((out / "proposer.json").read_text())["training"]["history"]
+              if "val_region_f1" in row]
+    print(f"{name} (seed {seed}): trained on {result.data['images']} training-part images in {seconds:.0f} s, "
+          f"{result.epochs} epochs ({result.metrics.get('steps', '?')} steps); validation {result.metrics['validation']}; "
+          f"validation region F1 by epoch: {', '.join(checks)}", flush=True)
+
+
+def learned_model(root: Path, parts: dict, seed: int, work: Path, retrain: bool, changes: dict) -> Path:
+    """A proposer trained on this seed's training part only, with the defaults but for ``changes``
+    (trained once, kept in a folder named by the changes)."""
+    from defectkit.jobs.train_proposer import train_proposer
+    from defectkit.taxonomy import Taxonomy
+
+    config, tag = learned_config(seed, changes)
+    out = work / f"learned{tag}-seed{seed}"
     if retrain or not (out / "proposer.json").is_file():
         taxonomy = Taxonomy.load(Path(__file__).resolve().parents[1] / "configs" / "taxonomy" / "magnetic-tile.yaml")
         train_paths = [p for cls in CLASSES for p in parts[cls]["train"]]
         start = time.perf_counter()
         result = train_proposer(root, "masks", taxonomy, out, config, progress=False, only=train_paths)
-        checks = [f"{row['epoch']}: {row['val_region_f1']:.2f}" for row in json.loads((out / "proposer.json").read_text())["training"]["history"]
-                  if "val_region_f1" in row]
-        print(f"learned (seed {seed}): trained on {result.data['images']} training-part images in "
-              f"{time.perf_counter() - start:.0f} s, {result.epochs} epochs; validation {result.metrics['validation']}; "
-              f"held-out region F1 by epoch: {', '.join(checks)}")
+        report_training("learned", seed, result, out, time.perf_counter() - start)
     return out
 
 

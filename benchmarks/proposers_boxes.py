@@ -9,7 +9,7 @@ defect class: the share of boxes matched by a proposal whose box overlaps it at 
 one), then proposals per image and those matching no box. The data set has no defect-free images
 (the steel outside the boxes is clean), so false proposals are counted on every image.
 
-    .venv/bin/python benchmarks/proposers_boxes.py -p classical -p learned -p learned+classical [--images 1200] [--seed 0]
+    .venv/bin/python benchmarks/proposers_boxes.py -p classical -p learned -p learned+classical [--images 1200] [--seed 0 --seed 1] [--set KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from defectkit.matching import MATCH_IOU as IOU, one_to_one, region_iou
 from defectkit.propose import create_proposer
 from defectkit.segmenter.data import load_seg_data
 from defectkit.taxonomy import Taxonomy
+from proposers import learned_config, parse_setting, report_training
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "cr7-det"
@@ -64,17 +65,17 @@ def split(paths: list[Path], seed: int) -> tuple[list[Path], list[Path]]:
     return [Path(r["image"]) for r in train], [Path(r["image"]) for r in test]
 
 
-def learned_model(root: Path, paths: list[Path], seed: int, work: Path) -> Path:
+def learned_model(root: Path, paths: list[Path], seed: int, work: Path, changes: dict | None = None) -> Path:
+    """A proposer trained on the training part only, with ``train-proposer``'s defaults but for ``changes``."""
     from defectkit.jobs.train_proposer import train_proposer
-    from defectkit.segmenter.config import TrainProposerConfig
 
-    out = work / f"cr7-learned-{len(paths)}-seed{seed}"
+    config, tag = learned_config(seed, changes or {})
+    out = work / f"cr7-learned-{len(paths)}{tag}-seed{seed}"
     if not (out / "proposer.json").is_file():
         start = time.perf_counter()
-        result = train_proposer(root, "yolo", Taxonomy.load(TAXONOMY), out, TrainProposerConfig(seed=seed), progress=False,
+        result = train_proposer(root, "yolo", Taxonomy.load(TAXONOMY), out, config, progress=False,
                                 only=[root / "image" / p.name for p in paths])
-        print(f"learned (seed {seed}): trained on {result.data['images']} training-part images in {time.perf_counter() - start:.0f} s, "
-              f"{result.epochs} epochs; validation {result.metrics['validation']}", flush=True)
+        report_training("learned", seed, result, out, time.perf_counter() - start)
     return out
 
 
@@ -105,8 +106,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-p", "--proposer", action="append", help="proposer name (repeatable); default classical")
     parser.add_argument("--images", type=int, default=1200, help="images used (evenly over the file-name classes)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, action="append", help="split seed (repeatable; default 0)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/defectkit-bench/proposers"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a learned proposer setting other than the default (repeatable), as benchmarks/proposers.py --set")
     args = parser.parse_args()
     import torch
 
@@ -114,14 +117,29 @@ def main() -> None:
     if not DATA.is_dir():
         raise SystemExit(f"no data set at {DATA}")
     names = args.proposer or ["classical"]
+    changes = dict(parse_setting(s) for s in args.set)
     chosen = subset(DATA, args.images)
     root = linked(chosen, args.work / f"cr7-images-{args.images}")
-    train, test = split(chosen, args.seed)
-    model = learned_model(root, train, args.seed, args.work) if any(n.startswith("learned") for n in names) else None
-    wanted = {p.name for p in test}
     data = load_seg_data(root, "yolo", Taxonomy.load(TAXONOMY), progress=False)
+    per_seed = []
+    for seed in args.seed or [0]:
+        per_seed.append(one_seed(args, names, changes, chosen, root, data, seed))
+    if len(per_seed) > 1:
+        print(f"\nmean (spread) over {len(per_seed)} seeds: mean box recall, proposals and boxless proposals per image")
+        for n in names:
+            recalls = [np.mean(list(r[n]["recall"].values())) for r in per_seed]
+            print(f"{n}: mean box recall {np.mean(recalls):.3f} (+- {np.std(recalls):.3f}); "
+                  + ", ".join(f"{s} {np.mean([r[n]['recall'][s] for r in per_seed]):.2f}" for s in sorted(per_seed[0][n]["recall"]))
+                  + f"; proposals/image {np.mean([r[n]['proposals'] for r in per_seed]):.2f}, "
+                  f"matching no box {np.mean([r[n]['unmatched'] for r in per_seed]):.2f}")
+
+
+def one_seed(args, names: list[str], changes: dict, chosen: list[Path], root: Path, data, seed: int) -> dict:
+    train, test = split(chosen, seed)
+    model = learned_model(root, train, seed, args.work, changes) if any(n.startswith("learned") for n in names) else None
+    wanted = {p.name for p in test}
     items = [i for i in data.images if i.path.name in wanted]
-    print(f"cr7-det test part (seed {args.seed}): {len(items)} images of {len(train) + len(test)}, "
+    print(f"cr7-det test part (seed {seed}): {len(items)} images of {len(train) + len(test)}, "
           f"{sum(len(i.regions) for i in items)} boxes\n")
     results = {name: evaluate(build(name, model), items) for name in names}
     subtypes = sorted(next(iter(results.values()))["boxes"])
@@ -133,6 +151,7 @@ def main() -> None:
     for label, value in rows.items():
         print(f"{label:<28}" + "".join(f"{value(results[n]):>20.2f}" for n in names))
     print(f"\na box counts as found when a proposal's box overlaps it at IoU >= {IOU} (one to one)")
+    return results
 
 
 if __name__ == "__main__":

@@ -421,7 +421,8 @@ def train_proposer(
     format: str = typer.Option("masks", "--format", "-f", help="masks | voc | coco | yolo"),
     taxonomy: Path = typer.Option(..., "--taxonomy", "-t", help="Taxonomy YAML: which labels are defects and which background."),
     out: Path = typer.Option(..., "--out", "-o", help="Proposer bundle folder to write."),
-    epochs: int = typer.Option(_PROPOSER_DEFAULTS.epochs, help=f"Epochs of {_PROPOSER_DEFAULTS.steps_per_epoch} steps (stops early when validation stops improving)."),
+    epochs: int = typer.Option(_PROPOSER_DEFAULTS.epochs, help=f"The most epochs of {_PROPOSER_DEFAULTS.steps_per_epoch} steps (stops early when validation stops improving)."),
+    max_minutes: float = typer.Option(_PROPOSER_DEFAULTS.max_minutes, help="Time budget of the whole training, its checks and final choice included; the learning rate spans it (or --epochs, whichever ends first). 0: no budget."),
     image_size: int = typer.Option(_PROPOSER_DEFAULTS.image_size, help="Side of the training crops in pixels (a multiple of 32)."),
     batch_size: int = typer.Option(_PROPOSER_DEFAULTS.batch_size, help="Crops per step."),
     input_scale: float = typer.Option(_PROPOSER_DEFAULTS.input_scale, help="Resize every image by this factor before the network (0.5: half the side; more context per crop, 4x less work)."),
@@ -429,11 +430,12 @@ def train_proposer(
     encoder: str = typer.Option(_PROPOSER_DEFAULTS.network.encoder, help="Any timm model name."),
     loss: str = typer.Option(_PROPOSER_DEFAULTS.loss, help="dice+bce | dice+focal | tversky"),
     box_fill: str = typer.Option(_PROPOSER_DEFAULTS.box_fill, help="Boxes as weak masks: ellipse (inscribed) or box (filled)."),
-    backbone_weights: Optional[str] = typer.Option(None, help="Start the encoder from a defectkit backbone file (e.g. checkpoints/defectkit-backbone.safetensors), or 'hub': timm's ImageNet weights (online; usually the best start); default random."),
+    encoder_weights: str = typer.Option(_PROPOSER_DEFAULTS.encoder_weights, "--encoder-weights", "--backbone-weights", help="The encoder's start: 'imagenet' (the weights a pinned package carries; see `defectkit weights`), a defectkit backbone file, 'hub' (timm, online) or 'random'."),
     val_fraction: float = typer.Option(_PROPOSER_DEFAULTS.val_fraction, help="Share of the images held out to stop early and choose the threshold."),
     max_false_per_clean: float = typer.Option(_PROPOSER_DEFAULTS.max_false_per_clean, help="The threshold and minimum area find the most defects with at most this many false regions per defect-free held-out image."),
     seed: int = typer.Option(_PROPOSER_DEFAULTS.seed, help="Seed: split, crops and initial weights."),
     device: Optional[str] = _DEVICE,
+    workers: Optional[int] = typer.Option(None, help="Processes drawing training crops ahead of the network; default 0 on a CPU, up to 8 on a GPU."),
     log_dir: Optional[Path] = typer.Option(None, help="TensorBoard folder (written when tensorboard is installed)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -451,17 +453,18 @@ def train_proposer(
     torch.set_num_threads(cpu_count())
     try:
         network = NetworkSpec(architecture=architecture, encoder=encoder)
-        config = replace(_PROPOSER_DEFAULTS, network=network, epochs=epochs, image_size=image_size, batch_size=batch_size, loss=loss,
-                         input_scale=input_scale,
-                         box_fill=box_fill, backbone_weights=backbone_weights, val_fraction=val_fraction,
-                         max_false_per_clean=max_false_per_clean, seed=seed)
-        result = run(src, format, Taxonomy.load(taxonomy), out, config, device=_device(device), progress=not quiet, log_dir=log_dir)
+        config = replace(_PROPOSER_DEFAULTS, network=network, epochs=epochs, max_minutes=max_minutes, image_size=image_size,
+                         batch_size=batch_size, loss=loss, input_scale=input_scale, box_fill=box_fill, encoder_weights=encoder_weights,
+                         val_fraction=val_fraction, max_false_per_clean=max_false_per_clean, seed=seed)
+        result = run(src, format, Taxonomy.load(taxonomy), out, config, device=_device(device), progress=not quiet, log_dir=log_dir,
+                     workers=workers)
     except (DefectkitError, ValueError) as exc:
         _fail(exc)
     validation = result.metrics["validation"]
     Console().print(
         f"proposer written to {result.bundle}: {result.data['defect_images']} defect and "
-        f"{result.data['images'] - result.data['defect_images']} clean images, {result.epochs} epochs in {result.seconds / 60:.1f} min; "
+        f"{result.data['images'] - result.data['defect_images']} clean images, {result.epochs} epochs ({result.metrics['steps']} steps) "
+        f"in {result.seconds / 60:.1f} min; "
         f"validation region recall {validation['region_recall']:.2f}, precision {validation['region_precision']:.2f}, "
         f"false regions per clean image {validation['false_per_clean_image']}", soft_wrap=True)
     if result.skipped:

@@ -271,7 +271,7 @@ def test_backbone_weights_initialise_the_encoder(tmp_path):
     from defectkit.segmenter.network import build_network, init_encoder
 
     shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "defectkit-backbone.safetensors"
-    spec = NetworkSpec()
+    spec = NetworkSpec(encoder="mobilenetv3_small_100")  # the shipped backbone's architecture
     network = build_network(spec)
     init_encoder(network, spec, shipped)
     from safetensors.torch import load_file
@@ -317,11 +317,12 @@ def test_hub_weights_initialise_the_encoder_where_the_machine_is_online(monkeypa
 
     fresh = build_network(spec)
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(DefectkitError, match="without internet pass a weights file"):
+    with pytest.raises(DefectkitError, match="without internet use --encoder-weights imagenet"):
         init_encoder(fresh, spec, "hub")
 
 
 def test_resume_continues_where_a_run_stopped(tmp_path, taxonomy_file, config, monkeypatch):
+    import defectkit.segmenter.sampling as sampling
     import defectkit.segmenter.train as training
     from defectkit.segmenter.data import load_seg_data, split_seg_data
     from defectkit.taxonomy import Taxonomy
@@ -332,7 +333,7 @@ def test_resume_continues_where_a_run_stopped(tmp_path, taxonomy_file, config, m
     whole = training.train_network(train, val, short, None, "cpu", progress=False)
 
     calls = {"n": 0}
-    sample = training.sample_batch
+    sample = sampling.sample_batch
 
     def crash_in_epoch_three(*args, **kwargs):
         calls["n"] += 1
@@ -341,10 +342,10 @@ def test_resume_continues_where_a_run_stopped(tmp_path, taxonomy_file, config, m
         return sample(*args, **kwargs)
 
     state = tmp_path / "state.pt"
-    monkeypatch.setattr(training, "sample_batch", crash_in_epoch_three)
+    monkeypatch.setattr(sampling, "sample_batch", crash_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         training.train_network(train, val, short, state, "cpu", progress=False)
-    monkeypatch.setattr(training, "sample_batch", sample)
+    monkeypatch.setattr(sampling, "sample_batch", sample)
     with pytest.raises(DefectkitError, match="other settings"):
         training.train_network(train, val, replace(short, lr=1.0), state, "cpu", progress=False)
     resumed = training.train_network(train, val, short, state, "cpu", progress=False)

@@ -32,7 +32,7 @@ def state_file(out: str | Path) -> Path:
 
 def train_proposer(src: str | Path, format: str, taxonomy: Taxonomy, out: str | Path, config: TrainProposerConfig = TrainProposerConfig(),
                    device: str | None = None, progress: bool = True, log_dir: str | Path | None = None,
-                   only: Collection[str | Path] | None = None) -> TrainProposerResult:
+                   only: Collection[str | Path] | None = None, workers: int | None = None) -> TrainProposerResult:
     """Train on the images of ``src`` (``only``: just these image paths, e.g. a split's training part)."""
     config.validate()
     started = time.perf_counter()
@@ -46,7 +46,7 @@ def train_proposer(src: str | Path, format: str, taxonomy: Taxonomy, out: str | 
         warnings.warn(f"{path}: {reason}", stacklevel=2)
     train, val = split_seg_data(data.images, config.val_fraction, config.seed)
     state = state_file(out)
-    trained = train_network(train, val, config, state, device, progress, log_dir)
+    trained = train_network(train, val, config, state, device, progress, log_dir, workers)
     summary = {**data.summary(), "source": str(src), "format": format, "train_images": len(train), "val_images": len(val),
                "taxonomy": taxonomy.name, "config": config.to_dict(), "epochs_run": trained.epochs_run, "history": trained.history}
     bundle = save_proposer(out, trained.network, config.network, trained.post, config.tile, config.overlap, summary, trained.metrics,

@@ -3,7 +3,7 @@
 ::
 
     proposer.json          format and version, the network (architecture, timm encoder, decoder),
-                           input (scale, tile size, overlap, normalisation), the post-processing chosen on the
+                           input (scale, tile size, overlap; the network's mean and std), the post-processing chosen on the
                            validation part, training summary and metrics, and the sha256 of every file
     network.safetensors    the network's weights
 
@@ -54,7 +54,7 @@ def save_proposer(path: str | Path, network: torch.nn.Module, spec: NetworkSpec,
             "format_version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "network": spec.to_dict(),
-            "input": {"tile": tile, "overlap": overlap, "scale": scale, "normalisation": "imagenet"},
+            "input": {"tile": tile, "overlap": overlap, "scale": scale},  # normalisation: the network's mean and std
             "postprocess": post.to_dict(),
             "versions": library_versions(),
             "training": training or {},

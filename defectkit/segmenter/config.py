@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from defectkit.errors import DefectkitError
 from defectkit.jsonable import to_jsonable
+from defectkit.pretrained import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, normalisation, weights_file
 
 ARCHITECTURES = {"unet": "Unet", "fpn": "FPN", "deeplabv3plus": "DeepLabV3Plus"}
 # unet: one width per decoder stage; fpn: (pyramid, segmentation) widths; deeplabv3plus: (width,)
@@ -15,29 +16,40 @@ DECODER_CHANNELS = {"fpn": (64, 32), "unet": (64, 32, 16, 16, 8), "deeplabv3plus
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    architecture: str = "fpn"
-    encoder: str = "mobilenetv3_small_100"  # any timm model name
+    architecture: str = "unet"
+    encoder: str = "tf_efficientnet_lite0"  # any timm model name
     decoder_channels: tuple[int, ...] = ()  # () : the architecture's default in DECODER_CHANNELS
     classes: int = 1  # one map: defect vs background (the classifier names the subtype)
+    # the input's mean and std (0-1 scale); () : those of the encoder's packaged ImageNet weights
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
             raise DefectkitError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
         if not self.decoder_channels:
             object.__setattr__(self, "decoder_channels", DECODER_CHANNELS[self.architecture])
+        mean, std = normalisation(self.encoder)
+        object.__setattr__(self, "mean", tuple(float(v) for v in (self.mean or mean)))
+        object.__setattr__(self, "std", tuple(float(v) for v in (self.std or std)))
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "decoder_channels": list(self.decoder_channels)}
+        return {**asdict(self), "decoder_channels": list(self.decoder_channels), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "NetworkSpec":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if "decoder_channels" in known:
-            known["decoder_channels"] = tuple(int(c) for c in known["decoder_channels"])
+        for key in ("decoder_channels", "mean", "std"):
+            if key in known:
+                known[key] = tuple(known[key])
+        # bundles written before the spec carried its normalisation were all fed ImageNet's
+        known.setdefault("mean", IMAGENET_MEAN)
+        known.setdefault("std", IMAGENET_STD)
         return cls(**known)
 
 
 LOSSES = ("dice+bce", "dice+focal", "tversky")
+RANDOM = "random"
 
 
 @dataclass(frozen=True)
@@ -46,8 +58,9 @@ class TrainProposerConfig:
     image_size: int = 160  # side of the training crops (in the network's pixels, after input_scale)
     input_scale: float = 1.0  # the network sees every image resized by this factor (0.5: half the side)
     batch_size: int = 16
-    epochs: int = 80
+    epochs: int = 80  # the most epochs; --max-minutes may end training sooner
     steps_per_epoch: int = 64
+    max_minutes: float = 0.0  # time budget of the whole training (checks and the final choice included); 0: none
     defect_share: float = 0.6  # crops centred on a true defect; the rest anywhere
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -60,7 +73,9 @@ class TrainProposerConfig:
     overlap: int = 64
     min_area: int = 10
     max_false_per_clean: float = 0.4  # post-processing: most recall with at most this many false regions per clean image
-    backbone_weights: str | None = None  # a defectkit backbone file for the encoder, or "hub" (timm, online); None: random
+    # the encoder's start: "imagenet" (packaged weights, defectkit.pretrained), a defectkit backbone
+    # file, "hub" (timm, online) or "random"
+    encoder_weights: str = IMAGENET
     seed: int = 0
 
     def validate(self) -> None:
@@ -79,6 +94,10 @@ class TrainProposerConfig:
             raise DefectkitError(f"--max-false-per-clean must be 0 or more, got {self.max_false_per_clean}")
         if not 0 < self.val_fraction < 1:
             raise DefectkitError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.max_minutes < 0:
+            raise DefectkitError(f"--max-minutes must be 0 (no budget) or more, got {self.max_minutes}")
+        if self.encoder_weights == IMAGENET:
+            weights_file(self.network.encoder)  # refused here, before any data is read, when absent or changed
 
     def to_dict(self) -> dict:
         return to_jsonable({**asdict(self), "network": self.network.to_dict()})

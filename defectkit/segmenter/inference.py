@@ -17,11 +17,9 @@ import torch
 from scipy import ndimage
 
 from defectkit.geometry import Region
+from defectkit.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from defectkit.propose.masks import tile_boxes
 from defectkit.segmenter.network import STRIDE
-
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255  # timm's ImageNet statistics
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
 
 
 @dataclass(frozen=True)
@@ -38,9 +36,10 @@ class Postprocess:
         return asdict(self)
 
 
-def to_input(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB (H, W, 3) -> normalised float32 (3, H, W)."""
-    return ((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1)
+def to_input(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float32 (3, H, W) normalised by ``mean`` and ``std`` (0-1 scale)."""
+    scale = np.float32(255)
+    return ((image.astype(np.float32) - np.asarray(mean, np.float32) * scale) / (np.asarray(std, np.float32) * scale)).transpose(2, 0, 1)
 
 
 def rescale(image: np.ndarray, scale: float) -> np.ndarray:
@@ -67,14 +66,15 @@ def autocast(device: torch.device):
 def probability_map(network: torch.nn.Module, image: np.ndarray, tile: int = 512, overlap: int = 64,
                     device: torch.device | None = None, scale: float = 1.0) -> np.ndarray:
     """Per-pixel defect probability (float32, H x W) for a uint8 RGB image; the network sees the
-    image resized by ``scale`` (tiles are of the resized image) and its map is resized back."""
+    image resized by ``scale`` (tiles are of the resized image) and its map is resized back, and
+    normalised as ``build_network`` recorded on it."""
     if scale != 1.0:
         height, width = image.shape[:2]
         probability = probability_map(network, rescale(image, scale), tile, overlap, device)
         return cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
     device = device or next(network.parameters()).device
     height, width = image.shape[:2]
-    planes = to_input(image)
+    planes = to_input(image, *network.normalisation)
     if max(height, width) <= tile:
         return _forward(network, [_pad_to_stride(planes)], device)[0][:height, :width]
     out = np.zeros((height, width), dtype=np.float32)
@@ -90,7 +90,7 @@ def probability_map(network: torch.nn.Module, image: np.ndarray, tile: int = 512
 
 
 def _forward(network: torch.nn.Module, batch: list[np.ndarray], device: torch.device) -> np.ndarray:
-    inputs = torch.from_numpy(np.stack(batch)).to(device)
+    inputs = torch.from_numpy(np.stack(batch)).to(device).contiguous(memory_format=torch.channels_last)
     with autocast(device):
         logits = network(inputs)
     return torch.sigmoid(logits[:, 0].float()).cpu().numpy()

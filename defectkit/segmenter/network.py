@@ -1,8 +1,11 @@
 """The segmentation network: a segmentation-models-pytorch decoder over a timm encoder (``tu-<name>``).
 
 It is always built with ``encoder_weights=None`` (smp would otherwise download ImageNet weights);
-the encoder starts from random weights or from a defectkit backbone file (a contrastively pretrained
-timm model of the same name, such as the shipped ``checkpoints/defectkit-backbone.safetensors``).
+the encoder starts from the ImageNet weights a pinned package carries (``"imagenet"``, through
+:mod:`defectkit.pretrained`), from a defectkit backbone file (a timm model of the same name), from
+timm's hub (``"hub"``, online machines) or from random weights (``"random"``).
+
+The network is kept in channels-last memory order, which runs convolutions 1.5-2x faster on a CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ STRIDE = 32  # inputs are padded to a multiple of the encoder's output stride
 
 
 def build_network(spec: NetworkSpec) -> torch.nn.Module:
+    """The network ``spec`` describes, with random weights; ``network.normalisation`` is the
+    (mean, std) its inputs must be normalised with."""
     import segmentation_models_pytorch as smp
 
     channels = list(spec.decoder_channels)
@@ -27,11 +32,13 @@ def build_network(spec: NetworkSpec) -> torch.nn.Module:
         "deeplabv3plus": lambda: {"decoder_channels": channels[0]},
     }[spec.architecture]()
     try:
-        return getattr(smp, ARCHITECTURES[spec.architecture])(
+        network = getattr(smp, ARCHITECTURES[spec.architecture])(
             encoder_name=f"tu-{spec.encoder}", encoder_weights=None, in_channels=3, classes=spec.classes, **options
         )
     except (KeyError, ValueError, RuntimeError) as exc:
         raise DefectkitError(f"cannot build a {spec.architecture} over timm encoder {spec.encoder!r}: {exc}") from exc
+    network.normalisation = (spec.mean, spec.std)
+    return network.to(memory_format=torch.channels_last)
 
 
 def hub_weights(encoder: str) -> dict:
@@ -42,21 +49,23 @@ def hub_weights(encoder: str) -> dict:
         return timm.create_model(encoder, pretrained=True).state_dict()
     except Exception as exc:  # no network, no such weights, a hub error: each raises its own type
         raise DefectkitError(f"cannot get timm's pretrained weights for encoder {encoder!r} ({type(exc).__name__}: {exc}); "
-                             "on a machine without internet pass a weights file to --backbone-weights") from exc
+                             "on a machine without internet use --encoder-weights imagenet (packaged) or a weights file") from exc
 
 
 def init_encoder(network: torch.nn.Module, spec: NetworkSpec, weights: str | Path) -> None:
-    """Start the encoder from timm's pretrained weights (``"hub"``, online) or a defectkit backbone
-    file (a timm model of the same name). smp's timm
-    encoder is a features-only copy of that model: every one of its weights must be in the file; the
-    file's head and last stage, which a features-only model lacks, are left out."""
+    """Start the encoder from packaged ImageNet weights (``"imagenet"``), timm's hub (``"hub"``,
+    online) or a defectkit backbone file (a timm model of the same name). smp's timm encoder is a
+    features-only copy of that model: every one of its weights must be in the source; the source's
+    head and last stage, which a features-only model lacks, are left out."""
     from defectkit.embed.backbone import read_weights
+    from defectkit.pretrained import IMAGENET, imagenet_state
     from defectkit.state_dicts import mismatch
 
     model = getattr(network.encoder, "model", None)
     if model is None:
         raise DefectkitError(f"the {spec.architecture} encoder is not a timm model; it cannot start from {weights}")
-    state = hub_weights(spec.encoder) if str(weights) == "hub" else read_weights(Path(weights), spec.encoder)
+    sources = {"hub": hub_weights, IMAGENET: imagenet_state}
+    state = sources[str(weights)](spec.encoder) if str(weights) in sources else read_weights(Path(weights), spec.encoder)
     expected = model.state_dict()
     problems = mismatch({k: v for k, v in state.items() if k in expected}, expected)
     if problems:

@@ -1,7 +1,9 @@
 """Training crops: most holding a true defect, the rest anywhere (mostly clean surface), each
 scaled, flipped, turned by a multiple of 90 degrees and jittered in brightness and contrast.
 
-Nothing here knows the material: the same recipe serves tiles, steel, wafers or textiles.
+Batch ``step`` of a run is drawn with a generator seeded by ``(seed, step)``: any DataLoader worker
+draws the same batch for the same step, and a resumed run goes on with the batches it would have
+drawn. Nothing here knows the material: the same recipe serves tiles, steel, wafers or textiles.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
+from defectkit.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from defectkit.segmenter.data import SegImage
 from defectkit.segmenter.inference import to_input
 
@@ -22,8 +26,31 @@ class Augment:
     brightness: float = 20.0  # offset drawn from +- this (grey levels)
 
 
+class CropBatches(torch.utils.data.Dataset):
+    """Item ``step``: that step's batch as tensors (inputs N x 3 x S x S, targets N x 1 x S x S)."""
+
+    def __init__(self, images: list[SegImage], size: int, count: int, defect_share: float, seed: int,
+                 normalisation: tuple = (IMAGENET_MEAN, IMAGENET_STD)):
+        self.images, self.size, self.count, self.defect_share = images, size, count, defect_share
+        self.seed, self.normalisation = seed, normalisation
+
+    def __len__(self) -> int:
+        return 2**62  # one item per step; the training loop decides when to stop
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(step)])
+        inputs, targets = sample_batch(self.images, self.size, self.count, self.defect_share, rng, normalisation=self.normalisation)
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def batch_loader(batches: CropBatches, first_step: int, workers: int) -> torch.utils.data.DataLoader:
+    """Batches from ``first_step`` on, drawn by ``workers`` processes (0: in this one) ahead of the network."""
+    return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(first_step, len(batches)), num_workers=workers,
+                                       prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
 def sample_batch(images: list[SegImage], size: int, count: int, defect_share: float, rng: np.random.Generator,
-                 augment: Augment = Augment()) -> tuple[np.ndarray, np.ndarray]:
+                 augment: Augment = Augment(), normalisation: tuple = (IMAGENET_MEAN, IMAGENET_STD)) -> tuple[np.ndarray, np.ndarray]:
     """``count`` crops of ``size`` px: normalised inputs (N, 3, S, S) and targets (N, 1, S, S)."""
     defect_images = [i for i in images if i.regions]
     inputs = np.empty((count, 3, size, size), np.float32)
@@ -32,7 +59,7 @@ def sample_batch(images: list[SegImage], size: int, count: int, defect_share: fl
         centred = bool(defect_images) and rng.random() < defect_share
         item = defect_images[rng.integers(len(defect_images))] if centred else images[rng.integers(len(images))]
         image, target = crop(item, size, centred, rng, augment)
-        inputs[n] = to_input(image)
+        inputs[n] = to_input(image, *normalisation)
         targets[n, 0] = target
     return inputs, targets
 

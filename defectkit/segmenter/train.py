@@ -1,9 +1,11 @@
 """Train the segmentation network on labelled images: crops, Dice plus BCE (or focal, or Tversky),
-AdamW with a cosine schedule, early stopping on the validation part's region F1, and the
-post-processing chosen on that part. Seeded and resumable (a state file beside the output)."""
+AdamW with a warm-up and a cosine over the steps or the time budget, whichever ends first, the best
+validated state kept (the last one always validated), and the post-processing chosen on the
+validation part. Seeded and resumable (a state file beside the output)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,11 +16,12 @@ from tqdm.auto import tqdm
 
 from defectkit.devices import pick_device
 from defectkit.errors import DefectkitError
-from defectkit.segmenter.config import TrainProposerConfig
+from defectkit.schedule import BudgetSchedule
+from defectkit.segmenter.config import RANDOM, TrainProposerConfig
 from defectkit.segmenter.data import SegImage, rescaled
 from defectkit.segmenter.inference import Postprocess, autocast, probability_map
 from defectkit.segmenter.network import build_network, init_encoder
-from defectkit.segmenter.sampling import sample_batch
+from defectkit.segmenter.sampling import CropBatches, batch_loader
 from defectkit.segmenter.scoring import MIN_AREAS, choose_postprocess
 from defectkit.state_dicts import load_failure, write_state
 from defectkit.tensorboard import tensorboard_writer
@@ -59,105 +62,116 @@ def predict_maps(network: torch.nn.Module, images: list[SegImage], config: Train
 
 
 def train_network(train: list[SegImage], val: list[SegImage], config: TrainProposerConfig, state_file: Path | None = None,
-                  device: str | None = None, progress: bool = True, log_dir: str | Path | None = None) -> TrainedProposer:
+                  device: str | None = None, progress: bool = True, log_dir: str | Path | None = None,
+                  workers: int | None = None) -> TrainedProposer:
+    """Train until ``config.epochs`` or ``config.max_minutes`` ends (the learning rate spans
+    whichever comes first), validating every ``eval_every`` epochs and the last state; keep the
+    best validated state. ``workers``: processes drawing crops (None: none on a CPU, where they
+    would take the network's cores; several on a GPU, which one process cannot keep busy)."""
     config.validate()
     device = pick_device(device)
+    workers = default_workers(device) if workers is None else int(workers)
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     network = build_network(config.network)
-    if config.backbone_weights:
-        init_encoder(network, config.network, config.backbone_weights)
+    if config.encoder_weights not in (None, "", RANDOM):
+        init_encoder(network, config.network, config.encoder_weights)
     network.to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total = config.epochs * config.steps_per_epoch
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=config.lr * 0.02)
+    schedule = BudgetSchedule(config.lr, config.epochs * config.steps_per_epoch, config.max_minutes * 60)
     criterion = loss_fn(config.loss)
     truths_of = lambda images: [(i.regions, i.boxes) for i in images]  # noqa: E731
     monitored = validation_images(val, limit_clean=True)
+    final = validation_images(val, limit_clean=False)
     train = [rescaled(i, config.input_scale) for i in train]  # validation stays at full size, as inference sees it
+    batches = CropBatches(train, config.image_size, config.batch_size, config.defect_share, config.seed, network.normalisation)
 
-    start, best_f1, best_rank, best_state, history, waited = 0, -1.0, None, None, [], 0
+    best_f1, best_rank, best_state, history, waited = -1.0, None, None, [], 0
     if state_file is not None and state_file.is_file():
         saved = _read_state(state_file, config)
         network.load_state_dict(saved["network"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
-        rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(saved["torch_rng"])
-        start, best_f1, history, waited = saved["epoch"], saved["best_f1"], saved["history"], saved["waited"]
+        best_f1, history, waited = saved["best_f1"], saved["history"], saved["waited"]
         best_rank = tuple(saved["best_rank"]) if saved.get("best_rank") is not None else None
         best_state = saved["best"]
     writer = tensorboard_writer(log_dir, warn=False)
-    bar = tqdm(total=total, initial=start * config.steps_per_epoch, desc="train-proposer", unit="step", disable=not progress)
-    epochs_run = start
+    bar = tqdm(total=schedule.steps, initial=schedule.step, desc="train-proposer", unit="step", disable=not progress)
+    losses: list[float] = []
+    loader = iter(batch_loader(batches, schedule.step, workers))
     try:
-        for epoch in range(start + 1, config.epochs + 1):
-            if waited >= config.patience:
-                break
-            loss = _train_epoch(network, train, config, rng, device, criterion, optimizer, schedule, bar, best_f1)
-            row = {"epoch": epoch, "loss": loss, "lr": schedule.get_last_lr()[0]}
-            if epoch % config.eval_every == 0 or epoch == config.epochs:
+        while not schedule.done() and waited < config.patience:
+            network.train()
+            inputs, targets = next(loader)
+            inputs = inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            targets = targets.to(device, non_blocking=True)
+            rate = schedule.apply(optimizer)
+            with autocast(device):
+                logits = network(inputs)
+            loss = criterion(logits.float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.advance()
+            losses.append(loss.item())
+            bar.update()
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", best_f1=f"{max(best_f1, 0):.3f}", lr=f"{rate:.1e}")
+            ended = schedule.done()
+            if schedule.step % config.steps_per_epoch and not ended:
+                continue
+            epoch = -(-schedule.step // config.steps_per_epoch)
+            row = {"epoch": epoch, "step": schedule.step, "loss": float(np.mean(losses)), "lr": rate,
+                   "minutes": round(schedule.spent() / 60, 2)}
+            losses = []
+            if epoch % config.eval_every == 0 or ended:  # the last state is always validated
+                checked = time.perf_counter()
                 # judged at its best post-processing, as it will be used: a fixed threshold would
                 # favour whichever epoch happens to be calibrated to it
                 _, result = choose_postprocess(truths_of(monitored), predict_maps(network, monitored, config, device), (config.min_area,),
                                                config.max_false_per_clean)
                 row.update({f"val_{k}": v for k, v in result.to_dict().items() if isinstance(v, float)})
-                if best_rank is None or result.rank(config.max_false_per_clean) > best_rank:
+                if best_rank is None or result.rank(config.max_false_per_clean) >= best_rank:
                     best_rank, best_f1, waited = result.rank(config.max_false_per_clean), result.f1, 0
                     best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
                 else:
                     waited += 1
+                # keep back the time of one more check and of the final choice, so that the budget holds them
+                schedule.reserve = (time.perf_counter() - checked) * (1 + len(final) / max(len(monitored), 1))
             history.append(row)
-            epochs_run = epoch
             if writer is not None:
                 for key, value in row.items():
                     if key != "epoch" and isinstance(value, float):
                         writer.add_scalar(f"train_proposer/{key}", value, epoch)
             if state_file is not None:
-                _write_state(state_file, config, network, optimizer, schedule, rng, epoch, (best_f1, best_rank), history, waited, best_state)
+                _write_state(state_file, config, network, optimizer, schedule, (best_f1, best_rank), history, waited, best_state)
     finally:
         bar.close()
         if writer is not None:
             writer.close()
     if best_state is not None:
         network.load_state_dict(best_state)
-    final = validation_images(val, limit_clean=False)
     post, result = choose_postprocess(truths_of(final), predict_maps(network, final, config, device),
                                       tuple(sorted({config.min_area, *MIN_AREAS})), config.max_false_per_clean)
     network.cpu().eval()
-    return TrainedProposer(network, post, {"validation": result.to_dict(), "best_monitored_f1": round(best_f1, 4)}, history, epochs_run)
+    epochs_run = history[-1]["epoch"] if history else 0
+    metrics = {"validation": result.to_dict(), "best_monitored_f1": round(best_f1, 4), "steps": schedule.step,
+               "minutes": round(schedule.spent() / 60, 2)}
+    return TrainedProposer(network, post, metrics, history, epochs_run)
 
 
-def _train_epoch(network, train: list[SegImage], config: TrainProposerConfig, rng, device, criterion, optimizer, schedule, bar,
-                 best_f1: float) -> float:
-    """``steps_per_epoch`` steps on freshly sampled crops; the mean loss."""
-    network.train()
-    losses = []
-    for _ in range(config.steps_per_epoch):
-        inputs, targets = sample_batch(train, config.image_size, config.batch_size, config.defect_share, rng)
-        inputs, targets = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
-        with autocast(device):
-            logits = network(inputs)
-        loss = criterion(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.update()
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", best_f1=f"{max(best_f1, 0):.3f}")
-    return float(np.mean(losses))
+def default_workers(device: torch.device) -> int:
+    import os
+
+    return 0 if device.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def _write_state(path: Path, config, network, optimizer, schedule, rng, epoch, best, history, waited, best_state) -> None:
+def _write_state(path: Path, config, network, optimizer, schedule, best, history, waited, best_state) -> None:
     state = {
         "config": config.to_dict(),
         "network": network.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
-        "rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
-        "epoch": epoch,
         "best_f1": best[0],
         "best_rank": None if best[1] is None else list(best[1]),
         "history": history,

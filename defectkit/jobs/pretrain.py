@@ -11,7 +11,6 @@ Views go through ``Embedder.prepare``, so pretraining sees exactly what embeddin
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from defectkit.data.patches import held_out_images, image_files, sample_patches
 from defectkit.embed import DEFAULT_BACKBONE, Embedder
 from defectkit.errors import DefectkitError
 from defectkit.images import atomic_write_text, read_image, read_mask
+from defectkit.schedule import BudgetSchedule
 from defectkit.state_dicts import load_failure, save_weights, write_state
 from defectkit.tensorboard import tensorboard_writer
 
@@ -48,7 +48,7 @@ class PretrainConfig:
     batch_size: int = 96
     image_size: int = 64
     mask_mode: str = "channel"
-    init: str = "random"  # random | hub | PATH to weights
+    init: str = "random"  # random | imagenet (packaged, defectkit.pretrained) | hub | PATH to weights
     lr: float = 2e-3
     weight_decay: float = 1e-4
     temperature: float = 0.1
@@ -56,6 +56,7 @@ class PretrainConfig:
     patch_size: int = 96  # a folder of whole images: side of the random patches, in the images' own pixels
     patches_per_image: int = 8
     max_patch_size: int = 0  # a folder of whole images: windows of sides up to this, shrunk to patch_size (0: all patch_size)
+    max_minutes: float = 0.0  # time budget; the cosine spans it or the epochs, whichever ends first (0: epochs only)
     seed: int = 0
     device: str | None = None
 
@@ -64,6 +65,8 @@ class PretrainConfig:
             raise DefectkitError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.epochs < 1 or self.batch_size < 4:
             raise DefectkitError(f"need epochs >= 1 and batch size >= 4, got {self.epochs} and {self.batch_size}")
+        if self.max_minutes < 0:
+            raise DefectkitError(f"--max-minutes must be 0 (no budget) or more, got {self.max_minutes}")
 
 
 class Augment:
@@ -154,8 +157,7 @@ def pretrain(
         crops, masks, labels, data = _read_patches(dataset, config, exclude)
 
     _seed_everything(config.seed)
-    weights = {"random": "random", "hub": "hub"}.get(config.init, config.init)
-    embedder = Embedder(config.backbone, weights=weights, image_size=config.image_size, mask_mode=config.mask_mode,
+    embedder = Embedder(config.backbone, weights=config.init, image_size=config.image_size, mask_mode=config.mask_mode,
                         device=config.device, seed=config.seed)
     model = embedder.model
     head = projection_head(embedder.dim, config.projection_dim).to(embedder.device)
@@ -163,21 +165,23 @@ def pretrain(
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     dataset_views = TwoViews(crops, masks, labels, Augment(config.image_size), embedder.prepare)
     steps = config.epochs * len(_loader(dataset_views, config, labels))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    schedule = BudgetSchedule(config.lr, steps, config.max_minutes * 60, warmup=0.0, floor=0.0)
     criterion = _loss(config.method, config.temperature)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     state_path = out.with_suffix(".state.pt")
-    parts = {"model": model, "head": head, "optimizer": optimizer, "scheduler": scheduler}
+    parts = {"model": model, "head": head, "optimizer": optimizer, "schedule": schedule}
     start_epoch, history = _resume(state_path, config, parts, embedder.device)
     writer = tensorboard_writer(logdir)
     started = time.perf_counter()
     model.train()
     for epoch in range(start_epoch, config.epochs):
+        if schedule.done():
+            break
         _seed_everything(config.seed * 100_003 + epoch)
         loader = _loader(dataset_views, config, labels)  # afresh: MPerClassSampler keeps shuffled state between epochs
         bar = tqdm(loader, desc=f"pretrain {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
-        history.append(_epoch(bar, model, head, criterion, optimizer, scheduler, config.method, embedder.device))
+        history.append(_epoch(bar, model, head, criterion, optimizer, schedule, config.method, embedder.device))
         if writer is not None:
             writer.add_scalar("loss", history[-1], epoch)
         if progress:
@@ -191,7 +195,9 @@ def pretrain(
         "image_size": config.image_size,
         "mask_mode": config.mask_mode,
         "method": config.method,
-        "epochs": config.epochs,
+        "epochs": len(history),
+        "steps": schedule.step,
+        "minutes": round(schedule.spent() / 60, 2),
         "final_loss": history[-1] if history else None,
         "loss_history": history,
         "config": asdict(config),
@@ -260,10 +266,13 @@ def _resume(state_path: Path, config: PretrainConfig, parts: dict, device) -> tu
     return int(state["epoch"]), [float(x) for x in state["history"]]
 
 
-def _epoch(batches, model, head, criterion, optimizer, scheduler, method: str, device) -> float:
-    """One pass over the batches of two views; the mean loss."""
+def _epoch(batches, model, head, criterion, optimizer, schedule: BudgetSchedule, method: str, device) -> float:
+    """One pass over the batches of two views, or what is left of the budget; the mean loss."""
     total, count = 0.0, 0
     for first, second, batch_labels in batches:
+        if schedule.done():
+            break
+        schedule.apply(optimizer)
         views = torch.cat([first, second]).to(device)
         projections = nn.functional.normalize(head(model(views)), dim=1)
         if method == "simclr":
@@ -275,7 +284,7 @@ def _epoch(batches, model, head, criterion, optimizer, scheduler, method: str, d
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
+        schedule.advance()
         total, count = total + loss.item(), count + 1
         if hasattr(batches, "set_postfix"):
             batches.set_postfix(loss=f"{total / count:.4f}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass
@@ -24,10 +25,14 @@ class BudgetSchedule:
     step: int = 0
     elapsed: float = 0.0  # seconds spent before this process started (a resumed run)
     reserve: float = 0.0  # seconds kept back at the end of the budget (e.g. for a final validation)
-    _started: float = field(default_factory=time.perf_counter, repr=False)
+    clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
+    _started: float = field(default=-1.0, repr=False)
+
+    def __post_init__(self):
+        self._started = self.clock()
 
     def spent(self) -> float:
-        return self.elapsed + time.perf_counter() - self._started
+        return self.elapsed + self.clock() - self._started
 
     def progress(self) -> float:
         by_steps = self.step / max(self.steps, 1)
@@ -60,4 +65,4 @@ class BudgetSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
-        self._started = time.perf_counter()
+        self._started = self.clock()

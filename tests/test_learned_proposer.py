@@ -400,3 +400,19 @@ def test_an_unrelated_folder_is_never_replaced(tmp_path):
     again = save_proposer(first, network, NetworkSpec(), Postprocess(0.3), 512, 64)  # a bundle is replaced whole
     assert json.loads((again / "proposer.json").read_text())["postprocess"]["threshold"] == 0.3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "webapp"]  # no staging or old copies left
+
+
+def test_a_time_budget_ends_training_at_its_low_rate_on_a_validated_state(tmp_path, taxonomy_file, config):
+    from defectkit.segmenter.data import load_seg_data, split_seg_data
+    from defectkit.segmenter.train import train_network
+    from defectkit.taxonomy import Taxonomy
+
+    data = load_seg_data(make_mask_set(tmp_path / "data", defect=10, clean=2), "masks", Taxonomy.load(taxonomy_file), progress=False)
+    train, val = split_seg_data(data.images, 0.2, 0)
+    budget = replace(config, epochs=1000, steps_per_epoch=5, eval_every=3, max_minutes=0.15)  # 5,000 steps would take many minutes
+    trained = train_network(train, val, budget, None, "cpu", progress=False)
+    assert trained.metrics["steps"] < 1000 * 5
+    assert trained.metrics["minutes"] < 0.3
+    last = trained.history[-1]
+    assert "val_region_f1" in last  # the last state is validated, whatever epoch it ended in
+    assert last["lr"] <= 0.05 * budget.lr

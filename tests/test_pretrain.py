@@ -156,3 +156,9 @@ def test_patches_of_several_scales_are_windows_of_several_sides_shrunk_to_one_si
     assert max(spans(scaled)) > 80 and min(spans(scaled)) >= 29 and max(spans(scaled)) <= 160
     with pytest.raises(DefectkitError, match="largest size"):
         sample_patches([tmp_path / "ramp.png"], 32, 2, max_size=20)
+
+
+def test_a_time_budget_ends_pretraining_before_its_epochs(crops, tmp_path):
+    summary = pretrain(crops, tmp_path / "b.safetensors", PretrainConfig(**{**TINY, "epochs": 10_000, "max_minutes": 0.05}), progress=False)
+    assert summary["epochs"] < 10_000 and summary["minutes"] < 0.2
+    assert (tmp_path / "b.safetensors").is_file()

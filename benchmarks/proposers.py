@@ -235,11 +235,11 @@ def reselected(model: Path, root: Path, parts: dict, seed: int, budget: float) -
     return {"threshold": post.threshold, "seed_threshold": post.seed_threshold, "min_area": post.min_area}
 
 
-def build(name: str, model: Path | None, post: dict | None = None) -> Proposer:
+def build(name: str, model: Path | None, post: dict | None = None, device: str | None = None) -> Proposer:
     if name == "learned":
-        return create_proposer("learned", model=model, **(post or {}))
+        return create_proposer("learned", model=model, device=device, **(post or {}))
     if name == "learned+classical":
-        return create_proposer("union", members=[create_proposer("learned", model=model, **(post or {})), "classical"])
+        return create_proposer("union", members=[create_proposer("learned", model=model, device=device, **(post or {})), "classical"])
     return create_proposer(name)
 
 

@@ -93,6 +93,14 @@ class Bundle:
         entry = self.manifest.get("proposer")
         return self.path / entry["folder"] if entry else None
 
+    def trained_with(self) -> str | None:
+        """The name of the proposer the training crops were extracted with (for auto, what it
+        chose), or None where they had no proposer's crops or the bundle does not say."""
+        from defectkit.propose.base import effective_name
+
+        described = (self.manifest.get("training") or {}).get("negatives_from")
+        return effective_name(described) if isinstance(described, dict) else None
+
     def features(self, records, cache=None, progress: bool = False, embed_on=None) -> np.ndarray:
         return build_features(records, self.spec, self.embedder(), cache, progress, embed_on)
 

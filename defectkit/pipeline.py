@@ -31,7 +31,7 @@ from defectkit.features import crop_features
 from defectkit.geometry import polygonize
 from defectkit.images import from_array, read_image
 from defectkit.propose import build_proposer
-from defectkit.propose.base import Proposer
+from defectkit.propose.base import Proposer, effective_name
 from defectkit.streaming import ahead, chunked
 from defectkit.taxonomy import BACKGROUND
 from defectkit.timing import Timings, stage
@@ -117,12 +117,6 @@ def _thresholds(bundle: Bundle, asked: float | dict[str, float] | None) -> dict[
     return out
 
 
-def _effective_name(described: dict) -> str:
-    """A proposer's name, or for ``auto`` the name of what it chose."""
-    chosen = described.get("chose")
-    return _effective_name(chosen) if isinstance(chosen, dict) else str(described.get("name"))
-
-
 @dataclass(frozen=True)
 class InMemory:
     """An image array in a batch, with the name its result carries."""
@@ -163,6 +157,8 @@ class DefectClassifier:
         if isinstance(proposer, str):
             if proposer_model is None and proposer in ("auto", "learned", "hybrid", "union") and bundle.proposer_path:
                 proposer_model = bundle.proposer_path
+            if proposer == "auto":
+                proposer_options = {"trained_with": bundle.trained_with(), **(proposer_options or {})}
             proposer = build_proposer(proposer, sam2_checkpoint=sam2_checkpoint, sam2_config=sam2_config, options=proposer_options,
                                       proposer_model=str(proposer_model) if proposer_model else None, device=device)
         return cls(bundle, proposer, **options)
@@ -170,7 +166,7 @@ class DefectClassifier:
     def negatives_warning(self) -> str | None:
         """Why this classifier may flag clean surface: its model never learned to reject what this
         proposer finds there (no hard negatives, or hard negatives from another proposer)."""
-        running = _effective_name(self.proposer.describe())
+        running = effective_name(self.proposer.describe())
         if running == "given":
             return None
         training = self.bundle.manifest.get("training") or {}
@@ -180,8 +176,8 @@ class DefectClassifier:
         if trained is None:
             return (f"the model was trained without hard negatives, so proposals of {running} on clean surface may be "
                     "reported as defects; extract the crops with --negatives-from auto (the default) and train again")
-        if _effective_name(trained) != running:
-            return (f"the model learned to reject the proposals of {_effective_name(trained)} but runs with {running}; "
+        if effective_name(trained) != running:
+            return (f"the model learned to reject the proposals of {effective_name(trained)} but runs with {running}; "
                     f"clean surface may be flagged: extract with --negatives-from {running} and train again")
         return None
 

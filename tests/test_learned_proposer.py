@@ -416,3 +416,15 @@ def test_a_time_budget_ends_training_at_its_low_rate_on_a_validated_state(tmp_pa
     last = trained.history[-1]
     assert "val_region_f1" in last  # the last state is validated, whatever epoch it ended in
     assert last["lr"] <= 0.05 * budget.lr
+
+
+def test_auto_runs_the_proposer_the_training_crops_were_extracted_with(trained):
+    from defectkit.propose import create_proposer
+
+    chose = lambda **kw: create_proposer("auto", learned=str(trained.bundle), **kw).describe()["chose"]  # noqa: E731
+    assert chose()["name"] == "learned"
+    assert chose(trained_with="learned")["name"] == "learned"
+    union = chose(trained_with="union")
+    assert union["name"] == "union" and [m["name"] for m in union["members"]] == ["learned", "classical"]
+    assert chose(trained_with="classical")["name"] == "classical"
+    assert create_proposer("auto", trained_with="union").describe()["chose"]["name"] == "classical"  # no learned proposer

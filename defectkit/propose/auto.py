@@ -1,10 +1,12 @@
-"""``auto``: the best proposer this machine and this model have, in order:
+"""``auto``: the best proposer this machine and this model have.
 
-1. the model's learned proposer refined by SAM2 (its regions become SAM2 prompts), when both a
-   learned proposer and a SAM2 checkpoint are there;
-2. the learned proposer alone;
-3. the classical proposer refined by SAM2, when only a checkpoint is there;
-4. the classical proposer.
+The source of the regions is the proposer the model's training crops were extracted with
+(``extract --negatives-from``, recorded in the bundle as ``trained_with``): ``learned``, ``union``
+(learned + classical) or ``classical``. The classifier learned to reject that proposer's false
+regions and to name its outlines of real defects, so it is the one it classifies best; which one a
+recipe extracts with is chosen by measurement end to end (``benchmarks/end_to_end.py``). Without that
+record, the learned proposer when there is one, else the classical one. Where a SAM2 checkpoint is
+found, SAM2 refines the source's regions (they become its prompts).
 
 The choice and its reason are recorded in ``describe()`` (and so in every result file), and
 ``classify`` prints them when it starts."""
@@ -44,21 +46,34 @@ def auto_proposer(
     checkpoint: str | Path | None = None,
     device: str | None = None,
     learned: str | Path | None = None,
+    trained_with: str | None = None,
     **options,
 ) -> AutoProposer:
-    """The first of the choices above that is available. ``learned`` is a proposer bundle (a model
-    bundle's own, or ``--proposer-model``); ``options`` go to SAM2 refinement. A ``checkpoint``
-    that was asked for but does not exist is an error, not a silent fallback."""
+    """The choice above. ``learned`` is a proposer bundle (a model bundle's own, or
+    ``--proposer-model``); ``trained_with`` the name of the proposer the model's crops were
+    extracted with; ``options`` go to SAM2 refinement. A ``checkpoint`` that was asked for but does
+    not exist is an error, not a silent fallback."""
     from defectkit.propose.classical import ClassicalProposer
     from defectkit.propose.hybrid import HybridProposer
     from defectkit.propose.learned import LearnedProposer
+    from defectkit.propose.union import UnionProposer
 
     stem, model_yaml, yaml_checkpoint, _ = resolve_config(sam2_config)
     found = find_checkpoint(stem, checkpoint or yaml_checkpoint)
     if found is None and checkpoint:
         raise missing_checkpoint_error(stem, checkpoint)
-    source = LearnedProposer(learned, device=device) if learned else ClassicalProposer()
-    source_reason = f"learned proposer {learned}{_quality(source)}" if learned else "no learned proposer (train one with `defectkit train-proposer`)"
+    if not learned:
+        source, source_reason = ClassicalProposer(), "no learned proposer (train one with `defectkit train-proposer`)"
+    elif trained_with == "classical":
+        source, source_reason = ClassicalProposer(), "the model's crops were extracted with the classical proposer"
+    else:
+        network = LearnedProposer(learned, device=device)
+        source_reason = f"learned proposer {learned}{_quality(network)}"
+        if trained_with == "union":
+            source = UnionProposer([network, ClassicalProposer()])
+            source_reason = f"the model's crops were extracted with the union of the {source_reason} and the classical proposer"
+        else:
+            source = network
     if found is None:
         where = " or ".join(str(d) for d in checkpoint_dirs())
         return AutoProposer(source, f"{source_reason}; no SAM2 checkpoint ({expected_checkpoint(stem)} not in {where})")

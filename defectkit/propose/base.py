@@ -119,3 +119,9 @@ class Proposer:
             raise RuntimeError(f"{self.name}: call set_image(image) before predict()")
         if prompts is not None and not self.accepts_prompts:
             raise DefectkitError(f"the {self.name} proposer takes no prompts; use sam2 or hybrid to answer boxes and points")
+
+
+def effective_name(described: dict) -> str:
+    """A proposer's name (from its ``describe()``), or for ``auto`` the name of what it chose."""
+    chosen = described.get("chose")
+    return effective_name(chosen) if isinstance(chosen, dict) else str(described.get("name"))

@@ -225,7 +225,7 @@ def one_seed(args, seed: int) -> dict:
             train(work / "train-learned-negatives", taxonomy, work / "model-learned", config, cv=0, progress=False, proposer=learned)
             train(work / "train-union-negatives", taxonomy, work / "model-union", config, cv=0, progress=False, proposer=learned)
         train(work / "train-learned-matched", taxonomy, work / "model-learned-matched", config, cv=5, progress=False, proposer=learned)
-        train(work / "train-union-matched", taxonomy, work / "model-union-matched", config, cv=0, progress=False, proposer=learned)
+        train(work / "train-union-matched", taxonomy, work / "model-union-matched", config, cv=5, progress=False, proposer=learned)
 
     subtypes = [s for s in taxonomy.subtypes if s != BACKGROUND]
     runs = {

@@ -61,15 +61,19 @@ def prepare(args) -> None:
     from safetensors.torch import save_file
 
     encoder = NetworkSpec().encoder
-    state = {k: v.half().contiguous() if v.is_floating_point() else v for k, v in imagenet_state(encoder).items()}
+    state = {k: v.half().contiguous() if v.is_floating_point() else v for k, v in imagenet_state(encoder).items()
+             if not k.startswith("classifier.")}  # the encoder has no ImageNet head
     save_file(state, str(GPU / "encoder.safetensors"))
     (GPU / "encoder.json").write_text(json.dumps({"backbone": encoder, "source": "defectkit.pretrained, float16"}))
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
                     "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
                     "--platform", "manylinux2014_x86_64", "-d", str(GPU / "whl"), *WHEELS], check=True)
     size = sum(p.stat().st_size for p in GPU.rglob("*") if p.is_file())
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    tree = sum((ROOT / p).stat().st_size for p in tracked if p and (ROOT / p).is_file())
     print(f"{GPU}: {len(chosen['train'])} training and {len(chosen['test'])} held-out images, the encoder ({torch.__version__} "
-          f"wrote it) and {len(list((GPU / 'whl').iterdir()))} wheels, {size / 2**20:.1f} MiB")
+          f"wrote it) and {len(list((GPU / 'whl').iterdir()))} wheels, {size / 2**20:.1f} MiB; with the working tree "
+          f"{(size + tree) / 2**20:.1f} MiB of the device's 64 MiB" + ("  TOO LARGE: lower --free-train/--free-test" if size + tree > 62 * 2**20 else ""))
 
 
 def run(args) -> None:

@@ -7,7 +7,7 @@ for each proposer named on the command line, side by side:
 - image recall: defect images with at least one matched proposal;
 - proposals per image, and on defect-free (MT_Free) images the false positives per image.
 
-``learned`` is trained here (``defectkit train-proposer``'s defaults, random encoder weights) on the
+``learned`` is trained here (``defectkit train-proposer``'s defaults: an ImageNet encoder, 40 minutes) on the
 training part of the same split only, once per seed, into ``--work`` (kept and reused; pass
 ``--retrain`` to train again); ``learned+classical`` is the union of both proposers' regions.
 With several ``--seed``s, the mean over seeds is printed last.

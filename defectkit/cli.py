@@ -792,7 +792,7 @@ def weights():
         state = status(name)
         table.add_row(name, f"{found.package}=={found.version}", found.licence, f"{found.mean[0]} / {found.std[0]}",
                       "[green]ok[/green]" if state == "ok" else f"[red]{rich_escape(state)}[/red]")
-    Console().print(table)
+    _wide().print(table)
 
 
 @app.command("export-review")

@@ -96,7 +96,8 @@ def train_network(train: list[SegImage], val: list[SegImage], config: TrainPropo
         best_rank = tuple(saved["best_rank"]) if saved.get("best_rank") is not None else None
         best_state = saved["best"]
     writer = tensorboard_writer(log_dir, warn=False)
-    bar = tqdm(total=schedule.steps, initial=schedule.step, desc="train-proposer", unit="step", disable=not progress)
+    budget = f" (or {config.max_minutes:g} min, whichever ends first)" if config.max_minutes else ""
+    bar = tqdm(total=schedule.steps, initial=schedule.step, desc=f"train-proposer{budget}", unit="step", disable=not progress)
     losses: list[float] = []
     loader = iter(batch_loader(batches, schedule.step, workers))
     try:
